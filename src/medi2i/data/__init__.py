@@ -1,0 +1,1 @@
+"""Image I/O, paired datasets, normalisation, transforms and the DRR benchmark generator."""

@@ -1,0 +1,1 @@
+"""Losses: reconstruction, adversarial (+ feature matching, R1), regularisers (issue 3)."""
