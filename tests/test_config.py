@@ -37,9 +37,15 @@ def test_file_and_overrides_are_typed(tmp_path):
         tmp_path / "c.yaml",
         "loss:\n  feat_match_weight: 2.0\noptim:\n  skip_warmup: true\n",
     )
-    cfg = load_config(path, ["loss.gan_weight=3", "train.pretrained_G=runs/g/best.pt",
-                             "data.normalization.window=[0, 4095]",
-                             "data.normalization.mode=fixed"])
+    cfg = load_config(
+        path,
+        [
+            "loss.gan_weight=3",
+            "train.pretrained_G=runs/g/best.pt",
+            "data.normalization.window=[0, 4095]",
+            "data.normalization.mode=fixed",
+        ],
+    )
     assert cfg.loss.feat_match_weight == 2.0
     assert cfg.optim.skip_warmup is True
     assert cfg.loss.gan_weight == 3.0 and isinstance(cfg.loss.gan_weight, float)
@@ -84,7 +90,7 @@ def test_override_errors_name_the_override():
         load_config(None, ["loss.gan_weigth=2"])
     assert "command line 'loss.gan_weigth=2'" in str(info.value)
     assert "did you mean 'gan_weight'" in str(info.value)
-    with pytest.raises(ConfigError, match="expected section.key=value"):
+    with pytest.raises(ConfigError, match=r"expected section\.key=value"):
         parse_override("loss.gan_weight")
 
 

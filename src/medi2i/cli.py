@@ -44,7 +44,10 @@ class UserError(Exception):
 def _add_common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
     # Sub-commands must not reset a -v given before them, hence SUPPRESS below the top level.
     parser.add_argument(
-        "-v", "--verbose", action="count", default=0 if top else argparse.SUPPRESS,
+        "-v",
+        "--verbose",
+        action="count",
+        default=0 if top else argparse.SUPPRESS,
         help="more logging (-v INFO, -vv DEBUG)",
     )
 
@@ -61,20 +64,25 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         flag = "--" + field.name.replace("_", "-")
         hint = hints[field.name]
         default = (
-            field.default
-            if field.default is not dataclasses.MISSING
-            else field.default_factory()  # type: ignore[misc]
+            field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
         )
         help_text = field.metadata.get("help", "")
         help_text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
         args = typing.get_args(hint)
         origin = typing.get_origin(hint)
         if hint is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
-                                help=help_text)
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=default, help=help_text
+            )
         elif origin is tuple:
-            parser.add_argument(flag, type=args[0], nargs=len(args), default=default,
-                                metavar=tuple(a.__name__.upper() for a in args), help=help_text)
+            parser.add_argument(
+                flag,
+                type=args[0],
+                nargs=len(args),
+                default=default,
+                metavar=tuple(a.__name__.upper() for a in args),
+                help=help_text,
+            )
         else:
             base = next((a for a in args if a is not type(None)), hint) if args else hint
             parser.add_argument(flag, type=base, default=default, help=help_text)
@@ -162,8 +170,10 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
         report[split] = entry
     for split, entry in report.items():
         h, w = entry["image_shape"]
-        print(f"{split:5s}: {entry['pairs']} pairs, {h}x{w}, aligned target: "
-              f"{'yes' if entry['aligned_target'] else 'no'}")
+        print(
+            f"{split:5s}: {entry['pairs']} pairs, {h}x{w}, aligned target: "
+            f"{'yes' if entry['aligned_target'] else 'no'}"
+        )
         base = entry.get("identity_baseline")
         if base:
             print(
@@ -236,8 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(check)
     check.add_argument("root", nargs="?", help="dataset root (folder layout)")
     check.add_argument("--config", help="YAML config whose data section describes the dataset")
-    check.add_argument("--split", action="append", choices=["train", "val", "test"],
-                       help="check only this split (repeatable)")
+    check.add_argument(
+        "--split",
+        action="append",
+        choices=["train", "val", "test"],
+        help="check only this split (repeatable)",
+    )
     check.add_argument("--no-baseline", action="store_true", help="skip the identity baseline")
     check.add_argument("--json", help="also write the report as JSON to this file")
     check.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")

@@ -227,7 +227,17 @@ class DataConfig(_Section):
 
 
 class GeneratorConfig(_Section):
-    """UNet generator G. ``preset`` fills unspecified fields (``small``: CPU, ``large``: ~61M)."""
+    """UNet generator G. ``preset`` fills unspecified fields (``small``: CPU, ``large``: ~61M).
+
+    Every field left ``null`` takes the preset's value (see
+    :func:`medi2i.models.generator.resolve_generator_config`); ``preset: custom`` requires all
+    of them. ``channel_mults`` gives one width multiplier of ``base_channels`` per resolution
+    level, so the UNet halves the size ``len(channel_mults) - 1`` times and inputs are
+    reflect-padded to a multiple of ``2**(len(channel_mults) - 1)`` (then cropped back).
+    ``upsample`` is the interpolation before each decoder convolution (never a transposed conv).
+    ``out_activation: clamp`` clips to the data's output range; ``residual_output`` makes
+    ``G(x) = x + UNet(x)``.
+    """
 
     preset: Literal["small", "large", "custom"] = "small"
     base_channels: int | None = Field(None, ge=4)
@@ -239,6 +249,14 @@ class GeneratorConfig(_Section):
     attention: bool | None = None
     out_activation: Literal["none", "sigmoid", "tanh", "clamp"] | None = None
     residual_output: bool | None = None
+    upsample: Literal["bilinear", "nearest"] | None = None
+
+    @field_validator("channel_mults")
+    @classmethod
+    def _check_channel_mults(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and not (1 <= len(v) <= 8 and all(m >= 1 for m in v)):
+            raise ValueError(f"must be 1 to 8 integers >= 1 (one per level), got {v}")
+        return v
 
 
 class RegistrationConfig(_Section):
@@ -462,8 +480,10 @@ def _read_yaml_tree(
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(
-            [f"{_display_path(path)}: the top level must be a mapping of sections, "
-             f"got {type(data).__name__}"]
+            [
+                f"{_display_path(path)}: the top level must be a mapping of sections, "
+                f"got {type(data).__name__}"
+            ]
         )
     bases = data.pop(_BASE_KEY, None)
     origins.pop((_BASE_KEY,), None)
