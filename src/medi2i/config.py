@@ -302,7 +302,12 @@ class LossConfig(_Section):
 
     ``w_recon = recon_weight * (l1_weight*L1 + ssim_weight*(1 - SSIM))`` with each pixel
     weighted 1 outside the mask and ``lung_weight`` inside. RegGAN's published settings for
-    reference: correction (recon) 20, smoothness 10, adversarial 1.
+    reference: correction (recon) 20, smoothness 10, adversarial 1. Their L1 is on [-1, 1]
+    images, so their smoothness-to-L1 balance is ``smooth_weight ~ data_range / 4`` at
+    ``recon_weight`` 1 (the default 10 holds R ~40x stiffer on [0, 1] data; see
+    ``medi2i.losses.regularizers``). ``r1_weight`` is gamma in ``gamma/2 * E|grad D(real)|^2``
+    (0 = off), applied every ``r1_interval`` D steps and then multiplied by the interval (lazy
+    regularisation, StyleGAN2). Conventions of every term: ``medi2i.losses``.
     """
 
     recon_weight: float = Field(1.0, ge=0.0)

@@ -1,0 +1,248 @@
+"""G's and D's full losses from a :class:`~medi2i.config.LossConfig`, with their diagnostics.
+
+G's loss (the user's definition)::
+
+    total = w_recon + w_gan + w_fm (+ w_smooth)
+    w_recon  = recon_weight · (l1_weight·L1 + ssim_weight·(1 − SSIM))   lung-weighted
+    w_gan    = gan_weight · GAN_G                                       (AdversarialLoss.g_loss)
+    w_fm     = feat_match_weight · FM                                   (feature_matching_loss)
+    w_smooth = smooth_weight · smoothness(field)                        (R on)
+
+``share_<part> = 100 · |w_<part>| / Σ |w_*|`` (in %, the four shares sum to 100; absolute values
+because the hinge G loss can be negative; all 0 if every part is 0). A part that is off (no D
+outputs given, no field given, or weight 0) reads 0 and is not computed. These are the numbers
+behind the user's diagnosis (recon 47 %, GAN 18 %, FM 35 %: the sharpening GAN term drowned).
+
+D's loss::
+
+    total = GAN_D (+ r1_scale(r1_weight, r1_interval) · R1   on steps where R1 is due)
+
+``gan_weight`` balances G's objective only; it does not scale D's loss (D's loss has no other
+term to balance except R1, which has its own weight).
+
+All parts are detached 0-dim tensors; nothing here calls ``.item()`` or otherwise waits for the
+device, so the trainer chooses when to read them. These classes hold no parameters and are
+plain callables.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor
+
+from medi2i.config import LossConfig
+from medi2i.losses.adversarial import (
+    AdversarialLoss,
+    DOutputs,
+    discriminator_stats,
+    feature_matching_loss,
+    r1_due,
+    r1_penalty,
+    r1_scale,
+)
+from medi2i.losses.reconstruction import reconstruction_loss
+from medi2i.losses.regularizers import smoothness_loss
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PART_NAMES", "DiscriminatorLoss", "GeneratorLoss", "loss_shares"]
+
+PART_NAMES: tuple[str, ...] = ("recon", "gan", "fm", "smooth")
+"""G's loss parts, in the order of ``w_<name>`` / ``share_<name>``."""
+
+_TINY = 1e-12
+
+
+def loss_shares(weighted: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Each weighted part's share of G's loss, in percent of the sum of absolute parts.
+
+    Args:
+        weighted: ``{name: weighted part}`` of 0-dim tensors on one device.
+
+    Returns:
+        ``{"share_<name>": tensor}``, detached, summing to 100 (all 0 when every part is 0).
+    """
+    names = list(weighted)
+    magnitudes = torch.stack([weighted[n].detach().float().abs() for n in names])
+    shares = 100.0 * magnitudes / magnitudes.sum().clamp_min(_TINY)
+    return {f"share_{n}": shares[i] for i, n in enumerate(names)}
+
+
+class GeneratorLoss:
+    """G's (and R's) total loss and its weighted parts.
+
+    Args:
+        cfg: loss settings (default ``LossConfig()``).
+        data_range: intensity range width of the images (1.0 for [0, 1], 2.0 for [−1, 1]),
+            used by SSIM.
+
+    Raises:
+        ValueError: if ``data_range`` is not positive.
+    """
+
+    def __init__(self, cfg: LossConfig | None = None, *, data_range: float) -> None:
+        if not data_range > 0:
+            raise ValueError(f"GeneratorLoss: data_range must be positive, got {data_range}")
+        self.cfg = cfg if cfg is not None else LossConfig()
+        self.data_range = float(data_range)
+        self.adversarial = AdversarialLoss(self.cfg.gan_mode)
+        logger.debug("GeneratorLoss(%s, data_range=%s)", self.cfg, self.data_range)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.cfg!r}, data_range={self.data_range})"
+
+    def __call__(
+        self,
+        pred: Tensor,
+        target: Tensor,
+        mask: Tensor | None = None,
+        *,
+        fake_outputs: DOutputs | None = None,
+        real_outputs: DOutputs | None = None,
+        field: Tensor | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Compute G's loss.
+
+        Args:
+            pred: image compared with the target: ``warp(G(x))`` when R is on, else ``G(x)``;
+                (N, C, H, W).
+            target: target image, same shape.
+            mask: optional lung / ROI mask, (N, 1, H, W) or (N, C, H, W).
+            fake_outputs: D's outputs on G's output (graph kept back to G); None in G-only
+                modes (then GAN and FM read 0).
+            real_outputs: D's outputs on the real target, needed for feature matching when
+                ``feat_match_weight > 0`` (may be computed under ``torch.no_grad()``: FM
+                detaches them anyway).
+            field: R's displacement field (N, 2, H, W) in pixels, or None when R is off.
+
+        Returns:
+            ``(total, parts)``. ``parts`` (all detached 0-dim tensors): ``w_recon``, ``w_gan``,
+            ``w_fm``, ``w_smooth``; ``share_recon`` … ``share_smooth`` (percent); the unweighted
+            ``recon`` (with ``recon_l1``, ``recon_dssim``), ``gan``, ``fm``, ``smooth``;
+            ``total``; and ``D_real`` / ``D_fake`` when the corresponding outputs are given.
+
+        Raises:
+            ValueError: if feature matching is on and ``fake_outputs`` is given without
+                ``real_outputs``, or on malformed inputs.
+        """
+        cfg = self.cfg
+        recon, recon_parts = reconstruction_loss(
+            pred,
+            target,
+            mask,
+            data_range=self.data_range,
+            lung_weight=cfg.lung_weight,
+            l1_weight=cfg.l1_weight,
+            ssim_weight=cfg.ssim_weight,
+        )
+        zero = recon.new_zeros(())
+        raw = {"recon": recon, "gan": zero, "fm": zero, "smooth": zero}
+        stats: dict[str, Tensor] = {}
+        if fake_outputs is not None:
+            if cfg.gan_weight > 0:
+                raw["gan"], _ = self.adversarial.g_loss(fake_outputs)
+            if cfg.feat_match_weight > 0:
+                if real_outputs is None:
+                    raise ValueError(
+                        "GeneratorLoss: feature matching (feat_match_weight="
+                        f"{cfg.feat_match_weight}) needs real_outputs, D's outputs on the target"
+                    )
+                raw["fm"] = feature_matching_loss(real_outputs, fake_outputs)
+        if fake_outputs is not None or real_outputs is not None:
+            all_stats = discriminator_stats(real_outputs, fake_outputs, mode=cfg.gan_mode)
+            stats = {k: all_stats[k] for k in ("D_real", "D_fake") if k in all_stats}
+        if field is not None and cfg.smooth_weight > 0:
+            raw["smooth"] = smoothness_loss(field, cfg.smooth_type)
+
+        weights = {
+            "recon": cfg.recon_weight,
+            "gan": cfg.gan_weight,
+            "fm": cfg.feat_match_weight,
+            "smooth": cfg.smooth_weight,
+        }
+        weighted = {name: weights[name] * raw[name] for name in PART_NAMES}
+        total = weighted["recon"] + weighted["gan"] + weighted["fm"] + weighted["smooth"]
+
+        parts: dict[str, Tensor] = {f"w_{n}": weighted[n].detach() for n in PART_NAMES}
+        parts.update(loss_shares(weighted))
+        parts.update({n: raw[n].detach() for n in PART_NAMES})
+        parts["recon_l1"] = recon_parts["l1"]
+        parts["recon_dssim"] = recon_parts["dssim"]
+        parts["total"] = total.detach()
+        parts.update(stats)
+        return total, parts
+
+
+class DiscriminatorLoss:
+    """D's loss: the GAN term, plus the (lazy) R1 penalty on steps where it is due.
+
+    Args:
+        cfg: loss settings (default ``LossConfig()``); uses ``gan_mode``, ``r1_weight`` and
+            ``r1_interval``.
+    """
+
+    def __init__(self, cfg: LossConfig | None = None) -> None:
+        self.cfg = cfg if cfg is not None else LossConfig()
+        self.adversarial = AdversarialLoss(self.cfg.gan_mode)
+        self.r1_factor = r1_scale(self.cfg.r1_weight, self.cfg.r1_interval)
+        logger.debug("DiscriminatorLoss(%s), R1 factor %s", self.cfg, self.r1_factor)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.cfg!r})"
+
+    def r1_due(self, step: int) -> bool:
+        """Whether D step ``step`` (0-based) should apply R1 (see :func:`r1_due`).
+
+        Args:
+            step: D's optimisation step counter.
+
+        Returns:
+            True every ``r1_interval`` steps when ``r1_weight > 0``.
+        """
+        return r1_due(step, self.cfg.r1_weight, self.cfg.r1_interval)
+
+    def __call__(
+        self,
+        real_outputs: DOutputs,
+        fake_outputs: DOutputs,
+        *,
+        real_images: Tensor | None = None,
+        apply_r1: bool = False,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Compute D's loss.
+
+        For R1, make the real batch require grad before D's forward pass
+        (``y = y.detach().requires_grad_(apply_r1)``) and pass it as ``real_images``; the GAN
+        term and R1 then share that one forward pass.
+
+        Args:
+            real_outputs: D's outputs on real images.
+            fake_outputs: D's outputs on G's output, detached from G.
+            real_images: the real batch the real outputs came from (needed when R1 applies).
+            apply_r1: True on steps where R1 is due (see :meth:`r1_due`); ignored when
+                ``r1_weight`` is 0.
+
+        Returns:
+            ``(total, parts)``. ``parts``: ``d_gan`` (GAN term), ``d_real_loss``,
+            ``d_fake_loss``, ``total``, the :func:`~medi2i.losses.adversarial.
+            discriminator_stats` (``D_real``, ``D_fake``, ``D_acc`` …), and, on R1 steps only,
+            ``r1`` (raw penalty) and ``w_r1`` (as added to the total, lazy factor included).
+
+        Raises:
+            ValueError: if R1 applies and ``real_images`` is missing or does not require grad.
+        """
+        gan, parts = self.adversarial.d_loss(real_outputs, fake_outputs)
+        total = gan
+        parts["d_gan"] = gan.detach()
+        if apply_r1 and self.r1_factor > 0:
+            if real_images is None:
+                raise ValueError("DiscriminatorLoss: apply_r1=True needs real_images")
+            penalty = r1_penalty(real_outputs, real_images)
+            weighted = self.r1_factor * penalty
+            total = total + weighted
+            parts["r1"] = penalty.detach()
+            parts["w_r1"] = weighted.detach()
+        parts["total"] = total.detach()
+        return total, parts
