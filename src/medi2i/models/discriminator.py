@@ -1,0 +1,251 @@
+"""Multi-scale PatchGAN discriminator D with spectral normalisation (pix2pixHD layout).
+
+Each scale is a PatchGAN: ``n_layers`` 4x4 stride-2 convolutions (widths ``base``, ``2 base``,
+... capped at 512), one 4x4 stride-1 convolution, then a 4x4 stride-1 convolution to one logit
+per patch; LeakyReLU(0.2) after every convolution but the last, padding 2 as in pix2pixHD.
+Spectral normalisation (``torch.nn.utils.parametrizations.spectral_norm``) wraps every
+convolution and replaces pix2pixHD's instance norm. Scale ``k`` sees the image average-pooled
+``k`` times (3x3, stride 2, padding 1, ``count_include_pad=False``).
+
+Output format (the loss module depends on it)::
+
+    D(x, cond=None) -> [(logits, features), ...]   # one entry per scale, finest first
+
+``logits`` are raw scores (no sigmoid), shape ``(N, 1, h, w)``; ``features`` lists the
+activations after each of the ``n_layers + 1`` non-final blocks (not the logits), for feature
+matching.
+
+Spectral normalisation estimates each weight's largest singular value by power iteration, one
+step per forward pass in training mode. Two training-mode calls (``D(real)`` then ``D(fake)``)
+therefore use slightly different normalised weights (feature matching between two calls on
+the same input gave ~1e-4, not 0, with a small D); score both in one call (concatenated along
+the batch) where they must be compared under identical weights, or use ``eval()`` for
+measurements.
+
+Default size (1 channel, unconditional, 2 scales, 3 layers, base 64): **5,525,378** parameters
+(``D_PARAMETERS``); conditional (2 input channels): **5,527,426**.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
+
+from medi2i.config import DiscriminatorConfig, ModelConfig
+from medi2i.models.layers import count_parameters
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "D_PARAMETERS",
+    "MultiScaleDiscriminator",
+    "PatchDiscriminator",
+    "build_discriminator",
+    "resolve_d_conditional",
+]
+
+#: Exact parameter count of the default D (unconditional, 1 channel); tested.
+D_PARAMETERS = 5_525_378
+
+#: Widest layer of each PatchGAN (pix2pixHD's cap).
+MAX_CHANNELS = 512
+_KERNEL = 4
+_PADDING = 2  # pix2pixHD: ceil((kernel - 1) / 2)
+
+DOutput = list[tuple[torch.Tensor, list[torch.Tensor]]]
+
+
+class PatchDiscriminator(nn.Module):
+    """One PatchGAN scale: ``n_layers + 1`` conv+LeakyReLU blocks, then a conv to 1 logit.
+
+    Args:
+        in_channels: channels of the (possibly conditioned) input.
+        n_layers: number of stride-2 convolutions.
+        base_channels: width of the first convolution.
+        spectral_norm: wrap every convolution in spectral normalisation.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        n_layers: int = 3,
+        base_channels: int = 64,
+        spectral_norm: bool = True,
+    ) -> None:
+        super().__init__()
+
+        def conv(cin: int, cout: int, stride: int) -> nn.Module:
+            layer = nn.Conv2d(cin, cout, _KERNEL, stride=stride, padding=_PADDING)
+            return _spectral_norm(layer) if spectral_norm else layer
+
+        self.blocks = nn.ModuleList()
+        width, prev = base_channels, in_channels
+        for index in range(n_layers + 1):
+            stride = 2 if index < n_layers else 1
+            self.blocks.append(nn.Sequential(conv(prev, width, stride), nn.LeakyReLU(0.2)))
+            prev, width = width, min(width * 2, MAX_CHANNELS)
+        self.final = conv(prev, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Args: x: ``(N, in_channels, H, W)``. Returns: ``(logits (N, 1, h, w), features)``."""
+        features = []
+        for block in self.blocks:
+            x = block(x)
+            features.append(x)
+        return self.final(x), features
+
+
+class MultiScaleDiscriminator(nn.Module):
+    """``num_scales`` PatchGANs on successively average-pooled copies of the input.
+
+    Args:
+        in_channels: channels of the image judged (G's output or the target).
+        cond_channels: channels of the conditioning image (the input of G), concatenated to
+            the judged image; 0 = unconditional.
+        num_scales: number of scales (pix2pixHD: 2-3).
+        n_layers: stride-2 convolutions per PatchGAN.
+        base_channels: width of each PatchGAN's first convolution.
+        spectral_norm: spectral normalisation on every convolution.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        cond_channels: int = 0,
+        num_scales: int = 2,
+        n_layers: int = 3,
+        base_channels: int = 64,
+        spectral_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_scales < 1 or n_layers < 1:
+            raise ValueError(
+                f"need num_scales >= 1 and n_layers >= 1, got {num_scales}, {n_layers}"
+            )
+        self.in_channels = in_channels
+        self.cond_channels = cond_channels
+        self.scales = nn.ModuleList(
+            PatchDiscriminator(in_channels + cond_channels, n_layers, base_channels, spectral_norm)
+            for _ in range(num_scales)
+        )
+        self.downsample = nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
+
+    @property
+    def conditional(self) -> bool:
+        """Whether ``forward`` needs ``cond``."""
+        return self.cond_channels > 0
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> DOutput:
+        """Score ``x`` (optionally paired with ``cond``) at every scale.
+
+        Args:
+            x: ``(N, in_channels, H, W)`` image judged.
+            cond: ``(N, cond_channels, H, W)`` conditioning image; required when
+                ``cond_channels > 0``, must be ``None`` otherwise.
+
+        Returns:
+            One ``(logits, features)`` per scale, finest first: raw logits ``(N, 1, h, w)`` and
+            the ``n_layers + 1`` intermediate activations.
+
+        Raises:
+            ValueError: if ``cond`` is missing for a conditional D, given to an unconditional
+                one, or the shapes do not match.
+        """
+        n, _, h, w = self._check(x, "x", self.in_channels)
+        if self.conditional:
+            if cond is None:
+                raise ValueError(
+                    f"this D is conditional: call D(x, cond) with cond of shape "
+                    f"(N, {self.cond_channels}, H, W) = ({n}, {self.cond_channels}, {h}, {w})"
+                )
+            if self._check(cond, "cond", self.cond_channels) != (n, self.cond_channels, h, w):
+                raise ValueError(
+                    f"cond must have shape {(n, self.cond_channels, h, w)} to match x, "
+                    f"got {tuple(cond.shape)}"
+                )
+            x = torch.cat([x, cond], dim=1)
+        elif cond is not None:
+            raise ValueError("this D is unconditional (cond_channels=0) but cond was given")
+        outputs: DOutput = []
+        for index, scale in enumerate(self.scales):
+            if index > 0:
+                x = self.downsample(x)
+            outputs.append(scale(x))
+        return outputs
+
+    @staticmethod
+    def _check(t: torch.Tensor, name: str, channels: int) -> tuple[int, int, int, int]:
+        if t.ndim != 4 or t.shape[1] != channels:
+            raise ValueError(f"{name} must have shape (N, {channels}, H, W), got {tuple(t.shape)}")
+        return tuple(t.shape)  # type: ignore[return-value]
+
+
+def resolve_d_conditional(cfg: ModelConfig) -> bool:
+    """Decide whether D is conditioned on the input image, and log which and why.
+
+    ``auto`` is unconditional when R is on: with misaligned pairs a conditional D sees real
+    pairs that are misaligned and fake ones that are aligned, and can learn to reward
+    misalignment (RegGAN keeps D unconditional in its registration mode). Otherwise it is
+    conditional, as in pix2pix.
+
+    Args:
+        cfg: the ``model`` section (``D.conditional`` and ``R.enabled`` are read).
+
+    Returns:
+        ``True`` for a conditional D.
+    """
+    choice = cfg.D.conditional
+    if choice == "auto":
+        conditional = not cfg.R.enabled
+        why = (
+            "auto: R is on, so D must not see the input paired with a misaligned target"
+            if cfg.R.enabled
+            else "auto: R is off, pix2pix-style input conditioning"
+        )
+    else:
+        conditional = choice == "yes"
+        why = f"model.D.conditional: {choice}"
+        if conditional and cfg.R.enabled:
+            logger.warning(
+                "D is conditioned on the input while R is on: real pairs are misaligned and "
+                "fake pairs aligned, so D can learn to reward misalignment"
+            )
+    logger.info("D is %s (%s)", "conditional" if conditional else "unconditional", why)
+    return conditional
+
+
+def build_discriminator(
+    cfg: DiscriminatorConfig, conditional: bool, in_channels: int = 1
+) -> MultiScaleDiscriminator:
+    """Build D from its config section.
+
+    Args:
+        cfg: the ``model.D`` section.
+        conditional: concatenate the input image to the judged one; resolve ``auto`` with
+            :func:`resolve_d_conditional`.
+        in_channels: channels of the judged image (and of the conditioning image).
+
+    Returns:
+        The multi-scale discriminator (``cfg.enabled`` is not consulted: the caller decides).
+    """
+    d = MultiScaleDiscriminator(
+        in_channels=in_channels,
+        cond_channels=in_channels if conditional else 0,
+        num_scales=cfg.num_scales,
+        n_layers=cfg.n_layers,
+        base_channels=cfg.base_channels,
+        spectral_norm=cfg.spectral_norm,
+    )
+    logger.info(
+        "D: %d scales x %d layers, base %d, spectral norm %s, %s: %d parameters",
+        cfg.num_scales,
+        cfg.n_layers,
+        cfg.base_channels,
+        cfg.spectral_norm,
+        "conditional" if conditional else "unconditional",
+        count_parameters(d),
+    )
+    return d
