@@ -30,3 +30,14 @@ def test_temp_name_keeps_suffixes(tmp_path):
         assert tmp.name.endswith(".nii.gz") and tmp.parent == tmp_path
         tmp.write_bytes(b"x")
     assert (tmp_path / "vol.nii.gz").read_bytes() == b"x"
+
+
+def test_result_has_normal_permissions(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "report.json", "{}")
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644

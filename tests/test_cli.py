@@ -90,3 +90,10 @@ def test_data_drr_small_end_to_end(tmp_path):
     check = run_cli("data", "check", str(out), "data.normalization.mode=dtype")
     assert check.returncode == 0, check.stderr
     assert "identity baseline vs aligned_target" in check.stdout
+
+
+def test_model_summary_counts(capsys):
+    assert main(["model-summary", "model.G.preset=large", "--size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "60,802,177 parameters" in out
+    assert "(1, 1, 64, 64)" in out

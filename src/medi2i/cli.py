@@ -6,6 +6,8 @@ Commands available now:
 * ``medi2i data check (ROOT | --config FILE) [key=value ...]`` - validate a paired dataset
   (every split, all problems listed at once) and print the identity baseline.
 * ``medi2i config show [--config FILE] [key=value ...]`` - print the fully resolved config.
+* ``medi2i model-summary [--config FILE] [--size N] [key=value ...]`` - parameter counts and
+  output shapes of G, R and D.
 
 Training, evaluation, prediction, comparison and diagnosis arrive with later issues. Every
 command accepts ``-v`` (INFO) / ``-vv`` (DEBUG); errors in the user's input (config, data
@@ -204,6 +206,22 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# model-summary
+# ---------------------------------------------------------------------------------------------
+
+
+def _cmd_model_summary(args: argparse.Namespace) -> int:
+    from medi2i.models.summary import model_summary
+
+    cfg = _load_config(args.config, args.overrides)
+    try:
+        print(model_summary(cfg, image_size=args.size))
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # parser
 # ---------------------------------------------------------------------------------------------
 
@@ -265,6 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--config", help="YAML config (default: all defaults)")
     show.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     show.set_defaults(func=_cmd_config_show)
+
+    summary = commands.add_parser(
+        "model-summary", help="parameter counts and output shapes of G, R and D"
+    )
+    _add_common(summary)
+    summary.add_argument("--config", help="YAML config (default: all defaults)")
+    summary.add_argument("--size", type=int, default=256, help="square input size (px)")
+    summary.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    summary.set_defaults(func=_cmd_model_summary)
     return parser
 
 
