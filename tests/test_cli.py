@@ -80,8 +80,19 @@ def test_verbose_flag_before_and_after_subcommand(tmp_path):
 def test_data_drr_small_end_to_end(tmp_path):
     out = tmp_path / "bench"
     result = run_cli(
-        "data", "drr", "--out", str(out), "--size", "48", "--count", "4", "--seed", "3",
-        "--misalign-px", "2", "--no-progress",
+        "data",
+        "drr",
+        "--out",
+        str(out),
+        "--size",
+        "48",
+        "--count",
+        "4",
+        "--seed",
+        "3",
+        "--misalign-px",
+        "2",
+        "--no-progress",
     )
     assert result.returncode == 0, result.stderr
     assert (out / "preview.png").is_file() and (out / "manifest.csv").is_file()
