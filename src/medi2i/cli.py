@@ -8,6 +8,9 @@ Commands available now:
 * ``medi2i config show [--config FILE] [key=value ...]`` - print the fully resolved config.
 * ``medi2i model-summary [--config FILE] [--size N] [key=value ...]`` - parameter counts and
   output shapes of G, R and D.
+* ``medi2i train --config FILE [key=value ...] [--out RUN_DIR]`` - train (G-only, G+R, G+D or
+  G+R+D); ``medi2i train --resume RUN_DIR`` continues a run exactly. Under
+  ``torchrun --nproc_per_node=N -m medi2i train ...`` it trains with DDP.
 
 Training, evaluation, prediction, comparison and diagnosis arrive with later issues. Every
 command accepts ``-v`` (INFO) / ``-vv`` (DEBUG); errors in the user's input (config, data
@@ -222,6 +225,30 @@ def _cmd_model_summary(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from medi2i.data.dataset import DatasetError
+    from medi2i.training.trainer import TrainingError, train
+
+    try:
+        if args.resume:
+            if args.config or args.out:
+                raise UserError("--resume continues a run as it was: drop --config and --out")
+            train(resume=args.resume, overrides=list(args.overrides))
+        else:
+            if not args.config:
+                raise UserError("give --config FILE (or --resume RUN_DIR)")
+            cfg = _load_config(args.config, args.overrides)
+            train(cfg, out=args.out)
+    except (DatasetError, TrainingError, ValueError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from exc
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # parser
 # ---------------------------------------------------------------------------------------------
 
@@ -292,6 +319,19 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--size", type=int, default=256, help="square input size (px)")
     summary.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     summary.set_defaults(func=_cmd_model_summary)
+
+    trn = commands.add_parser(
+        "train",
+        help="train G (with R and D when enabled)",
+        description="Train as the config says; writes config, checkpoints (last/best), "
+        "TensorBoard and CSV/JSONL logs and sample grids to the run directory.",
+    )
+    _add_common(trn)
+    trn.add_argument("--config", help="YAML config")
+    trn.add_argument("--out", help="run directory (default: train.out_dir/<time>-<mode>)")
+    trn.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last.pt")
+    trn.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    trn.set_defaults(func=_cmd_train)
     return parser
 
 

@@ -382,6 +382,9 @@ class TrainConfig(_Section):
     pretrained_G: str | None = None
     val_every: int = Field(1, ge=1, description="epochs between validations")
     checkpoint_every: int = Field(0, ge=0, description="epochs between kept checkpoints, 0=off")
+    save_every_steps: int = Field(
+        0, ge=0, description="also refresh last.pt every N steps inside an epoch, 0=off"
+    )
     max_nonfinite_steps: int = Field(10, ge=1)
     out_dir: str = "runs"
 
@@ -393,6 +396,9 @@ class EvalConfig(_Section):
     best_mode: Literal["max", "min"] = "max"
     max_val_images: int | None = Field(None, ge=1)
     sample_count: int = Field(4, ge=0, description="validation images shown in sample grids")
+    test_at_end: bool = Field(
+        True, description="evaluate the best EMA weights on the test split after training"
+    )
 
 
 class LoggingConfig(_Section):

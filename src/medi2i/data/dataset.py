@@ -414,13 +414,20 @@ class PairedImageDataset(Dataset):
         arrays.setdefault("aligned_target", arrays["target"])
         arrays["target"] = warp_image(arrays["target"], disp, order=1)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """Item ``index``, or ``(epoch, index)`` to pick the epoch's augmentation explicitly.
+
+        The tuple form lets a sampler carry the epoch to DataLoader workers, which hold their
+        own copy of the dataset (so :meth:`set_epoch` on the main process cannot reach
+        persistent workers).
+        """
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         rec = self.records[index]
         arrays, win_in, _ = self.load_unit(index)
         if self.misalign is not None:
             self._simulate_misalignment(arrays, index)
         if self.augment is not None or self.crop_size is not None:
-            rng = np.random.default_rng((self.seed, _AUGMENT_STREAM, self.epoch, index))
+            rng = np.random.default_rng((self.seed, _AUGMENT_STREAM, epoch, index))
             if self.augment is not None:
                 arrays = self.augment(arrays, rng)
             if self.crop_size is not None:

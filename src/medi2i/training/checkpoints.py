@@ -1,0 +1,533 @@
+"""Checkpoints: atomic saves that refuse non-finite weights, clear load errors, RNG capture.
+
+A checkpoint is one ``torch.save`` file holding everything needed to resume a run exactly::
+
+    {
+      "format": "medi2i-checkpoint-v1",          # checked on load
+      "medi2i_version", "torch_version",          # code that wrote it
+      "created": "2025-01-01T12:00:00+00:00",    # UTC, ISO 8601
+      "git_commit": "<sha>" | None,              # best effort
+      "epoch": int, "step": int,                 # progress (optimiser steps done)
+      "model":  {"G": state_dict, "R": state_dict?, "D": state_dict?},
+      "ema":    {"G": EMA.state_dict()},          # same keys as model["G"]
+      "optim":  {"G": state_dict, "R"?: ..., "D"?: ...},
+      "sched":  {"G": state_dict, ...},
+      "scaler": GradScaler state_dict | None,
+      "rng":    capture_rng_state(),
+      "loader": {...},                            # sampler position / generator state
+      "config": dict,                             # the resolved config
+      "best":   {"metric": str, "value": float, "epoch": int},
+      "normalizer": dict,                         # intensity mapping, needed by predict
+    }
+
+:func:`checkpoint_payload` adds the metadata keys; :class:`CheckpointManager` writes ``last.pt``,
+``best.pt`` and ``epoch_XXXX.pt`` under ``RUN_DIR/checkpoints/``.
+
+Trust: :func:`load_checkpoint` first tries ``torch.load(weights_only=True)``, which cannot run
+code; everything medi2i itself stores (tensors, numbers, strings, lists, dicts - the RNG states
+are converted to such types) loads that way. A file that needs full unpickling is loaded with
+``weights_only=False`` only when ``trusted=True`` (the default, meant for your own run
+directories; a warning is logged); **never load a checkpoint from an untrusted source with
+trusted=True** - unpickling can execute arbitrary code.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import pickle
+import random
+import shutil
+import subprocess
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medi2i import __version__
+from medi2i.training.ema import EMA, unwrap_model
+from medi2i.utils.atomic import atomic_path
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CheckpointError",
+    "CheckpointManager",
+    "capture_rng_state",
+    "checkpoint_payload",
+    "find_nonfinite",
+    "load_checkpoint",
+    "load_pretrained_generator",
+    "restore_rng_state",
+    "save_checkpoint",
+]
+
+CHECKPOINT_FORMAT = "medi2i-checkpoint-v1"
+
+#: Sections of a checkpoint scanned for non-finite tensors before saving.
+CHECKED_SECTIONS = ("model", "ema", "optim")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, corrupt or not a medi2i checkpoint."""
+
+
+# --------------------------------------------------------------------------------------------
+# RNG state
+# --------------------------------------------------------------------------------------------
+
+
+def capture_rng_state() -> dict:
+    """The state of every global random generator a run uses.
+
+    Python's ``random``, NumPy's global generator, torch's CPU generator and, when CUDA is
+    available, every CUDA device's generator. Stored as tensors, numbers, strings and lists
+    only, so the checkpoint loads with ``torch.load(weights_only=True)``.
+
+    Returns:
+        ``{"python": ..., "numpy": ..., "torch": ByteTensor, "cuda": [ByteTensor, ...]}``.
+    """
+    version, internal, gauss_next = random.getstate()
+    np_state = np.random.get_state(legacy=False)  # the dict form (MT19937)
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": list(internal), "gauss_next": gauss_next},
+        "numpy": {
+            "bit_generator": str(np_state["bit_generator"]),
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    """Restore the generators captured by :func:`capture_rng_state`.
+
+    CUDA states are restored when CUDA is available; if the number of devices differs, the
+    common ones are restored and a warning is logged (exact reproduction is then impossible).
+
+    Args:
+        state: a dict from :func:`capture_rng_state`.
+
+    Raises:
+        ValueError: when ``state`` lacks a part or a part is malformed.
+    """
+    try:
+        py = state["python"]
+        random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
+        npst = state["numpy"]
+        np.random.set_state(
+            {
+                "bit_generator": npst["bit_generator"],
+                "state": {
+                    "key": torch.as_tensor(npst["key"]).numpy().astype(np.uint32),
+                    "pos": int(npst["pos"]),
+                },
+                "has_gauss": int(npst["has_gauss"]),
+                "gauss": float(npst["gauss"]),
+            }
+        )
+        torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8).cpu())
+        cuda_states = list(state.get("cuda") or [])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"malformed RNG state: {type(exc).__name__}: {exc}") from exc
+    if not cuda_states:
+        return
+    if not torch.cuda.is_available():
+        logger.info("checkpoint holds CUDA RNG states but CUDA is not available; not restored")
+        return
+    n = torch.cuda.device_count()
+    if n != len(cuda_states):
+        logger.warning(
+            "checkpoint holds %d CUDA RNG states, this machine has %d devices; restoring %d",
+            len(cuda_states),
+            n,
+            min(n, len(cuda_states)),
+        )
+    for device, cuda_state in enumerate(cuda_states[:n]):
+        torch.cuda.set_rng_state(cuda_state.cpu(), device)
+
+
+# --------------------------------------------------------------------------------------------
+# payload, validation, save / load
+# --------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _git_commit() -> str | None:
+    """HEAD of the git repository this package's source is tracked in, else None."""
+    here = Path(__file__).resolve().parents[1]  # the medi2i package folder
+    try:
+        tracked = subprocess.run(
+            ["git", "ls-files", "--error-unmatch", "__init__.py"],
+            cwd=here,
+            capture_output=True,
+            timeout=5,
+            check=False,
+        )
+        if tracked.returncode != 0:  # not a source checkout (e.g. installed in site-packages)
+            return None
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = head.stdout.strip()
+    return commit if head.returncode == 0 and commit else None
+
+
+def checkpoint_payload(**parts: Any) -> dict:
+    """A checkpoint dict: ``parts`` plus the format tag and provenance metadata.
+
+    Adds ``format``, ``medi2i_version``, ``torch_version``, ``created`` (UTC ISO 8601) and
+    ``git_commit`` (``git rev-parse HEAD`` of the source checkout, None when unavailable; this
+    never fails).
+
+    Args:
+        **parts: the checkpoint's content (layout in the module docstring).
+
+    Returns:
+        A new dict; ``parts`` come after the metadata and may not override ``format``.
+
+    Raises:
+        ValueError: when ``parts`` contains a ``format`` other than :data:`CHECKPOINT_FORMAT`.
+    """
+    if parts.get("format", CHECKPOINT_FORMAT) != CHECKPOINT_FORMAT:
+        raise ValueError(f"format must be {CHECKPOINT_FORMAT!r}, got {parts['format']!r}")
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "medi2i_version": str(__version__),
+        "torch_version": str(torch.__version__),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": _git_commit(),
+    }
+    return {**meta, **parts}
+
+
+def _iter_tensors(obj: Any, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, Mapping):
+        for key, value in obj.items():
+            yield from _iter_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _iter_tensors(value, f"{prefix}.{i}" if prefix else str(i))
+
+
+def find_nonfinite(state: Mapping, sections: tuple[str, ...] = CHECKED_SECTIONS) -> list[str]:
+    """Dotted keys of the floating-point tensors holding NaN or Inf in ``state``'s ``sections``.
+
+    Only the weights, EMA and optimiser states are scanned by default: the places a diverged
+    step leaves non-finite values, and that would poison a resumed run.
+
+    Args:
+        state: a checkpoint dict.
+        sections: the top-level keys to scan (missing ones are skipped).
+
+    Returns:
+        E.g. ``["model.G.head.weight", "optim.G.state.3.exp_avg"]``; empty when all finite.
+    """
+    bad = []
+    for section in sections:
+        if section not in state:
+            continue
+        for key, tensor in _iter_tensors(state[section], section):
+            if (tensor.is_floating_point() or tensor.is_complex()) and not bool(
+                torch.isfinite(tensor).all()
+            ):
+                bad.append(key)
+    return bad
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
+    """Write a checkpoint atomically, refusing non-finite weights.
+
+    The file is written to a temporary file in the same folder, fsync'ed and renamed over
+    ``path`` (:func:`medi2i.utils.atomic.atomic_path`): a crash or kill mid-save leaves the
+    previous file intact. A ``state`` without the metadata gets it from
+    :func:`checkpoint_payload` (the caller's dict is not modified).
+
+    Args:
+        path: destination file (parent folders are created).
+        state: the checkpoint dict (layout in the module docstring).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: when a tensor in ``model``/``ema``/``optim`` is NaN or Inf (nothing is
+            written; the message names every offending key), or the format tag is foreign.
+    """
+    path = Path(path)
+    if "format" not in state:
+        state = checkpoint_payload(**state)
+    elif state["format"] != CHECKPOINT_FORMAT:
+        raise ValueError(f"format must be {CHECKPOINT_FORMAT!r}, got {state['format']!r}")
+    bad = find_nonfinite(state)
+    if bad:
+        shown = ", ".join(bad[:20]) + (f" (+{len(bad) - 20} more)" if len(bad) > 20 else "")
+        raise ValueError(f"refusing to save {path}: non-finite values in {shown}")
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    logger.debug("saved checkpoint %s", path)
+    return path
+
+
+def _torch_load(path: Path, map_location: Any, trusted: bool) -> Any:
+    """``torch.load`` with every failure turned into a :class:`CheckpointError`."""
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint is not a file: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # weights_only refuses files needing arbitrary unpickling (and some corrupt ones).
+        if not trusted:
+            raise CheckpointError(
+                f"{path}: cannot be loaded safely (weights_only=True): {exc}. Load it with "
+                "trusted=True only if you trust its source."
+            ) from exc
+        first_error: Exception = exc
+    except Exception as exc:  # torch raises RuntimeError, EOFError, zipfile errors, ...
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (corrupt or truncated?): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (corrupt or truncated?): "
+            f"{type(exc).__name__}: {exc} (safe load: {first_error})"
+        ) from exc
+    logger.warning("%s needed full unpickling (weights_only=False); trusted source assumed", path)
+    return obj
+
+
+def load_checkpoint(
+    path: str | os.PathLike, map_location: Any = "cpu", *, trusted: bool = True
+) -> dict:
+    """Load and check a medi2i checkpoint.
+
+    Args:
+        path: the checkpoint file.
+        map_location: passed to :func:`torch.load` (default: everything on the CPU).
+        trusted: allow full unpickling for files that the safe loader refuses (see the module
+            docstring's trust note).
+
+    Returns:
+        The checkpoint dict.
+
+    Raises:
+        CheckpointError: (a ``ValueError``) naming the file, when it is missing, corrupt,
+            truncated, or not a medi2i checkpoint (no matching ``format`` tag).
+    """
+    path = Path(path)
+    state = _torch_load(path, map_location, trusted)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(
+            f"{path}: not a medi2i checkpoint (expected format {CHECKPOINT_FORMAT!r}, "
+            f"found {found!r})"
+        )
+    return state
+
+
+# --------------------------------------------------------------------------------------------
+# run-directory manager
+# --------------------------------------------------------------------------------------------
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    """Make ``dest`` an atomic replica of ``src`` (a hard link when possible, else a copy).
+
+    Checkpoint files are only ever replaced (``os.replace``), never modified in place, so a
+    hard link shares the data safely and costs no disk space or time.
+    """
+    with atomic_path(dest) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+
+
+class CheckpointManager:
+    """The checkpoints of one run: ``RUN_DIR/checkpoints/{last,best,epoch_XXXX}.pt``.
+
+    Args:
+        run_dir: the run directory.
+        keep_every: also keep ``epoch_XXXX.pt`` every this many epochs (0 = never).
+
+    Raises:
+        ValueError: negative ``keep_every``.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, *, keep_every: int = 0):
+        if keep_every < 0:
+            raise ValueError(f"keep_every must be >= 0, got {keep_every}")
+        self.dir = Path(run_dir) / "checkpoints"
+        self.keep_every = keep_every
+
+    def last_path(self) -> Path:
+        """``checkpoints/last.pt``."""
+        return self.dir / "last.pt"
+
+    def best_path(self) -> Path:
+        """``checkpoints/best.pt``."""
+        return self.dir / "best.pt"
+
+    def epoch_path(self, epoch: int) -> Path:
+        """``checkpoints/epoch_XXXX.pt`` (zero-padded to 4 digits)."""
+        return self.dir / f"epoch_{epoch:04d}.pt"
+
+    def save(self, state: dict, *, epoch: int, is_best: bool) -> list[Path]:
+        """Write ``last.pt``, plus ``best.pt`` and ``epoch_XXXX.pt`` when due.
+
+        ``state`` is serialised once (to ``last.pt``); the others are atomic replicas of it.
+
+        Args:
+            state: the checkpoint dict.
+            epoch: the epoch number used for ``epoch_XXXX.pt`` and ``keep_every``.
+            is_best: also write ``best.pt``.
+
+        Returns:
+            The paths written, ``last.pt`` first.
+
+        Raises:
+            ValueError: non-finite weights (nothing is written; see :func:`save_checkpoint`).
+        """
+        last = save_checkpoint(self.last_path(), state)
+        written = [last]
+        if is_best:
+            _link_or_copy(last, self.best_path())
+            written.append(self.best_path())
+        if self.keep_every and epoch % self.keep_every == 0:
+            _link_or_copy(last, self.epoch_path(epoch))
+            written.append(self.epoch_path(epoch))
+        logger.info("saved checkpoint(s): %s", ", ".join(p.name for p in written))
+        return written
+
+
+# --------------------------------------------------------------------------------------------
+# pretrained generator
+# --------------------------------------------------------------------------------------------
+
+
+def _strip_wrapper_prefix(sd: Mapping[str, Any]) -> dict[str, Any]:
+    """Drop a ``module.`` (DDP) or ``_orig_mod.`` (torch.compile) prefix shared by all keys."""
+    out = dict(sd)
+    for prefix in ("module.", "_orig_mod."):
+        while out and all(k.startswith(prefix) for k in out):
+            out = {k[len(prefix) :]: v for k, v in out.items()}
+    return out
+
+
+def _state_dict_problems(sd: Mapping[str, Any], model: nn.Module) -> list[str]:
+    expected = model.state_dict()
+    problems = [f"missing key: {k}" for k in expected if k not in sd]
+    problems += [f"unexpected key: {k}" for k in sd if k not in expected]
+    for key, value in sd.items():
+        if key in expected and isinstance(value, torch.Tensor):
+            if value.shape != expected[key].shape:
+                problems.append(
+                    f"shape mismatch: {key}: checkpoint {tuple(value.shape)} vs model "
+                    f"{tuple(expected[key].shape)}"
+                )
+        elif key in expected:
+            problems.append(f"not a tensor: {key} ({type(value).__name__})")
+    return problems
+
+
+def load_pretrained_generator(
+    path: str | os.PathLike, generator: nn.Module, ema: EMA | None = None
+) -> dict:
+    """Initialise G (and its EMA) from an earlier run's checkpoint or a bare state dict.
+
+    A medi2i checkpoint supplies ``model.G`` for the generator and, when present, ``ema.G``
+    for the EMA (a G-only run's ``best.pt``/``last.pt`` is the expected source); without an
+    EMA in the file the EMA is reset to the loaded generator. A bare ``state_dict`` file
+    (optionally with a DDP ``module.`` prefix) loads into both. Keys and shapes are checked
+    before anything is loaded, so a mismatch leaves the models untouched.
+
+    Args:
+        path: the file.
+        generator: the G to load into (DDP/compile wrappers are unwrapped).
+        ema: G's EMA, or None.
+
+    Returns:
+        ``{"path", "source": "checkpoint"|"state_dict", "ema": "checkpoint"|"copied_from_G"|
+        None, "epoch", "step"}`` (epoch/step None for a bare state dict).
+
+    Raises:
+        CheckpointError: (a ``ValueError``) naming the file: unreadable, not a checkpoint or
+            state dict, no ``model.G`` in it, or keys/shapes that do not match - every missing
+            key, unexpected key and shape mismatch is listed.
+    """
+    path = Path(path)
+    net = unwrap_model(generator)
+    obj = _torch_load(path, "cpu", trusted=True)
+    ema_sd = None
+    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        source = "checkpoint"
+        g_sd = (obj.get("model") or {}).get("G")
+        if g_sd is None:
+            raise CheckpointError(f"{path}: checkpoint has no generator weights (model.G)")
+        ema_sd = (obj.get("ema") or {}).get("G")
+        epoch, step = obj.get("epoch"), obj.get("step")
+    elif (
+        isinstance(obj, Mapping)
+        and obj
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    ):
+        source, g_sd, epoch, step = "state_dict", obj, None, None
+    else:
+        raise CheckpointError(
+            f"{path}: neither a medi2i checkpoint nor a generator state_dict "
+            f"(found {type(obj).__name__})"
+        )
+    g_sd = _strip_wrapper_prefix(g_sd)
+    problems = _state_dict_problems(g_sd, net)
+    if ema_sd is not None:
+        ema_sd = _strip_wrapper_prefix(ema_sd)
+        problems += [f"EMA {p}" for p in _state_dict_problems(ema_sd, net)]
+    if problems:
+        raise CheckpointError(
+            f"{path}: generator weights do not fit the configured G "
+            f"({len(problems)} problems):\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+    net.load_state_dict(g_sd, strict=True)
+    ema_used = None
+    if ema is not None:
+        if ema_sd is not None:
+            ema.load_state_dict(ema_sd)
+            ema_used = "checkpoint"
+        else:
+            ema.copy_from(net)
+            ema_used = "copied_from_G"
+    info = {"path": str(path), "source": source, "ema": ema_used, "epoch": epoch, "step": step}
+    logger.info(
+        "pretrained G from %s (%s%s); EMA: %s",
+        path,
+        source,
+        f", epoch {epoch}" if epoch is not None else "",
+        ema_used or "none",
+    )
+    return info

@@ -1,0 +1,788 @@
+"""The training loop: G-only, G+R, G+D and G+R+D, with EMA validation and exact resume.
+
+One optimisation step, for a batch ``(x, y, mask)`` (input, misaligned target, lung mask)::
+
+    y_hat = G(x)
+    D step   (when D is on): D_loss = GAN(D(y), D(y_hat.detach())) [+ R1 on lazy steps]
+    G step:  pred = warp(y_hat, R(y_hat, y)) when R is on, else y_hat
+             G_loss = w_recon(pred, y, mask) + gan_weight*GAN(D(y_hat)) + feat_match_weight*FM
+                      [+ smooth_weight*smooth(field)]
+    clip each network's gradient norm (the norm before clipping is logged), then - unless a
+    loss or gradient is non-finite, in which case the step is skipped and counted - step the
+    optimisers and schedulers and update the EMA of G.
+
+D and G are updated simultaneously from the same parameters (both losses are computed before
+either optimiser steps), so one finite-check covers the whole step. D's real and fake halves
+go through D in one call (spectral normalisation's power iteration then uses the same weights
+for both). In the G step D's parameters are frozen and D is called unwrapped, so its gradients
+are never touched there - which also keeps DDP's gradient reduction for D in the D step only.
+
+Validation, sample grids, best-checkpoint selection and the final test evaluation use the EMA
+generator (``EMA.module``), a separate copy: the online weights are never swapped or touched,
+which makes the user's "validation used the online weights" bug impossible by construction.
+
+Everything needed to continue is checkpointed (atomically) at every epoch end - and every
+``train.save_every_steps`` steps when set - so ``--resume RUN_DIR`` reproduces the
+uninterrupted run step for step: the sample order and augmentation are pure functions of
+``(seed, epoch, index)``, and the RNG, optimiser, scheduler, scaler and EMA states are restored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader
+
+from medi2i import __version__
+from medi2i.config import Config, config_to_dict, save_config
+from medi2i.data.dataset import (
+    DatasetError,
+    PairedImageDataset,
+    build_dataloader,
+    build_dataset,
+    build_normalizer,
+)
+from medi2i.data.normalization import Normalizer
+from medi2i.evaluation.baseline import identity_baseline
+from medi2i.losses import DiscriminatorLoss, GeneratorLoss
+from medi2i.models import build_discriminator, build_generator, build_registration
+from medi2i.models.discriminator import resolve_d_conditional
+from medi2i.models.registration import warp
+from medi2i.training.checkpoints import (
+    CheckpointManager,
+    capture_rng_state,
+    checkpoint_payload,
+    load_checkpoint,
+    load_pretrained_generator,
+    restore_rng_state,
+    save_checkpoint,
+)
+from medi2i.training.diagnostics import (
+    ProgressBar,
+    RunLogger,
+    RunningMeans,
+    epoch_summary_line,
+    sample_grid,
+)
+from medi2i.training.distributed import (
+    DistContext,
+    barrier,
+    cleanup_distributed,
+    init_distributed,
+    unwrap,
+)
+from medi2i.training.ema import EMA
+from medi2i.training.sampler import EpochSampler
+from medi2i.training.schedules import build_scheduler
+from medi2i.training.validation import EvalResult, evaluate_generator
+from medi2i.utils.atomic import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. too many non-finite steps in a row)."""
+
+
+def mode_name(cfg: Config) -> str:
+    """``G``, ``G+R``, ``G+D`` or ``G+R+D``."""
+    return "G" + ("+R" if cfg.model.R.enabled else "") + ("+D" if cfg.model.D.enabled else "")
+
+
+def _split(outputs: list, n: int) -> tuple[list, list]:
+    """Split D's outputs on ``cat([real, fake])`` into the real and the fake half."""
+    real = [(logits[:n], [f[:n] for f in feats]) for logits, feats in outputs]
+    fake = [(logits[n:], [f[n:] for f in feats]) for logits, feats in outputs]
+    return real, fake
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Trains G (with R and D when enabled) as a config describes.
+
+    Args:
+        cfg: the validated run config.
+        run_dir: where config, checkpoints, logs and samples go.
+        ctx: the (distributed) execution context.
+        resume: a checkpoint dict to continue from (``None`` = fresh start).
+
+    Raises:
+        DatasetError: the dataset cannot be used.
+        ValueError: inconsistent settings (e.g. a bad ``pretrained_G``).
+    """
+
+    def __init__(
+        self, cfg: Config, run_dir: Path, ctx: DistContext, resume: dict | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.ctx = ctx
+        self.device = ctx.device
+        tc = cfg.train
+        _seed_everything(cfg.seed)
+        if tc.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+
+        # -- data ------------------------------------------------------------------------------
+        self.normalizer = (
+            Normalizer.from_state_dict(resume["normalizer"]) if resume else build_normalizer(cfg)
+        )
+        lo, hi = cfg.data.normalization.output_range
+        self.data_range = float(hi - lo)
+        self.train_set = build_dataset(cfg, "train", normalizer=self.normalizer)
+        world_batch = cfg.data.batch_size * ctx.world_size
+        self.steps_per_epoch = tc.steps_per_epoch or max(1, len(self.train_set) // world_batch)
+        self.sampler = EpochSampler(
+            len(self.train_set),
+            batch_size=cfg.data.batch_size,
+            steps=self.steps_per_epoch,
+            seed=cfg.seed,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+        )
+        self.train_loader = build_dataloader(
+            self.train_set, cfg, shuffle=False, sampler=self.sampler, pin_memory=self._pin()
+        )
+        self.val_set = self._optional_split("val")
+        self.val_loader = self._eval_loader(self.val_set)
+
+        # -- networks, optimisers, schedules ---------------------------------------------------
+        self.G = build_generator(cfg.model.G, output_range=(lo, hi)).to(self.device)
+        self.R = build_registration(cfg.model.R).to(self.device) if cfg.model.R.enabled else None
+        self.d_conditional = False
+        self.D = None
+        if cfg.model.D.enabled:
+            self.d_conditional = resolve_d_conditional(cfg.model)
+            self.D = build_discriminator(cfg.model.D, self.d_conditional).to(self.device)
+        self.memory_format = torch.channels_last if tc.channels_last else torch.preserve_format
+        for net in self._nets().values():
+            net.to(memory_format=self.memory_format)
+        self.ema = EMA(self.G, tc.ema_decay, tc.ema_warmup_steps)
+        if tc.pretrained_G and resume is None:
+            info = load_pretrained_generator(tc.pretrained_G, self.G, self.ema)
+            log.info("initialised G from %s: %s", tc.pretrained_G, info)
+        self.optimizers = {
+            name: self._make_optimizer(name, net) for name, net in self._nets().items()
+        }
+        self.schedulers = {
+            name: build_scheduler(
+                opt, cfg.optim, steps_per_epoch=self.steps_per_epoch, epochs=tc.epochs
+            )
+            for name, opt in self.optimizers.items()
+        }
+        self.amp_dtype = _AMP_DTYPES.get(tc.amp)
+        if self.amp_dtype is not None and self.device.type == "cpu" and tc.amp == "fp16":
+            raise ValueError("train.amp 'fp16' needs CUDA; use 'bf16' or 'off' on the CPU")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.amp == "fp16")
+        if ctx.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.G = DDP(self.G, device_ids=ids)
+            if self.R is not None:
+                self.R = DDP(self.R, device_ids=ids)
+            if self.D is not None:
+                self.D = DDP(self.D, device_ids=ids)
+        self.g_loss = GeneratorLoss(cfg.loss, data_range=self.data_range)
+        self.d_loss = DiscriminatorLoss(cfg.loss)
+
+        # -- progress state --------------------------------------------------------------------
+        self.epoch = 0  # the epoch being (or about to be) trained, 0-based
+        self.step_in_epoch = 0
+        self.global_step = 0  # optimiser steps taken (skipped steps included)
+        self.d_step = 0
+        self.skipped_steps = 0
+        self.nonfinite_in_row = 0
+        self.best: dict[str, Any] = {"metric": cfg.eval.best_metric, "value": None, "epoch": None}
+        self.wall_seconds = 0.0
+        self.checkpoints = CheckpointManager(self.run_dir, keep_every=tc.checkpoint_every)
+        if resume is not None:
+            self._restore(resume)
+        self.logger = RunLogger(
+            self.run_dir,
+            tensorboard=cfg.logging.tensorboard,
+            enabled=ctx.is_main,
+            # a resumed run drops the records the interrupted one wrote after its checkpoint
+            purge_step=self.global_step + 1 if resume is not None else None,
+        )
+        log.info(
+            "%s: %d train pairs, %d steps/epoch x %d epochs, batch %d x %d rank(s), device %s, "
+            "amp %s, D %s",
+            mode_name(cfg),
+            len(self.train_set),
+            self.steps_per_epoch,
+            tc.epochs,
+            cfg.data.batch_size,
+            ctx.world_size,
+            self.device,
+            tc.amp,
+            ("conditional" if self.d_conditional else "unconditional") if self.D else "off",
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # set-up helpers
+    # ------------------------------------------------------------------------------------------
+
+    def _pin(self) -> bool | None:
+        return None if self.cfg.data.pin_memory is not None else self.device.type == "cuda"
+
+    def _optional_split(self, split: str) -> PairedImageDataset | None:
+        try:
+            return build_dataset(self.cfg, split, normalizer=self.normalizer, train=False)
+        except DatasetError as exc:
+            if "not found" in str(exc) or "no image pairs" in str(exc) or "no rows" in str(exc):
+                log.warning("no %s split (%s); continuing without it", split, exc.problems[0])
+                return None
+            raise
+
+    def _eval_loader(self, dataset: PairedImageDataset | None) -> DataLoader | None:
+        if dataset is None:
+            return None
+        indices = list(range(self.ctx.rank, len(dataset), self.ctx.world_size))
+        subset = torch.utils.data.Subset(dataset, indices)
+        return DataLoader(
+            subset,
+            batch_size=self.cfg.data.batch_size,
+            shuffle=False,
+            num_workers=self.cfg.data.num_workers,
+            pin_memory=bool(self._pin()),
+        )
+
+    def _nets(self) -> dict[str, nn.Module]:
+        nets = {"G": self.G}
+        if self.R is not None:
+            nets["R"] = self.R
+        if self.D is not None:
+            nets["D"] = self.D
+        return nets
+
+    def _make_optimizer(self, name: str, net: nn.Module) -> torch.optim.Optimizer:
+        oc = getattr(self.cfg.optim, name)
+        params = [p for p in net.parameters() if p.requires_grad]
+        kwargs = {"lr": oc.lr, "betas": tuple(oc.betas)}
+        if self.device.type == "cuda":
+            kwargs["fused"] = True
+        if oc.weight_decay > 0:
+            return torch.optim.AdamW(params, weight_decay=oc.weight_decay, **kwargs)
+        return torch.optim.Adam(params, **kwargs)
+
+    def _clip_limit(self, name: str) -> float | None:
+        own = getattr(self.cfg.optim, name).grad_clip
+        return own if own is not None else self.cfg.optim.grad_clip
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # ------------------------------------------------------------------------------------------
+    # one step
+    # ------------------------------------------------------------------------------------------
+
+    def _clip(self, name: str) -> dict[str, torch.Tensor]:
+        """Unscale, measure and clip one network's gradient; returns detached diagnostics."""
+        opt = self.optimizers[name]
+        self.scaler.unscale_(opt)
+        params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
+        limit = self._clip_limit(name)
+        norm = torch.nn.utils.clip_grad_norm_(params, limit if limit else float("inf"))
+        norm = norm.detach()
+        out = {f"grad_norm_{name}": norm}
+        if limit:
+            fired = norm > limit
+            out[f"clip_rate_{name}"] = fired.float()
+            # fraction of the gradient's length removed by clipping ("clip cut 80%")
+            out[f"clip_cut_{name}"] = torch.where(fired, 1.0 - limit / norm, 0.0)
+        return out
+
+    def _to_device(self, batch: dict, key: str) -> torch.Tensor:
+        t = batch[key].to(self.device, non_blocking=True)
+        return t.contiguous(memory_format=self.memory_format)
+
+    def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        """One optimisation step of every network; returns detached diagnostics."""
+        x = self._to_device(batch, "input")
+        y = self._to_device(batch, "target")
+        mask = self._to_device(batch, "mask")
+        n = x.shape[0]
+        stats: dict[str, torch.Tensor] = {}
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+
+        with self._autocast():
+            y_hat = self.G(x)
+        y_hat = y_hat.float()
+
+        d_total = None
+        if self.D is not None:
+            apply_r1 = self.d_loss.r1_due(self.d_step)
+            real = y.detach().requires_grad_(apply_r1)
+            cond = torch.cat([x, x]) if self.d_conditional else None
+            with self._autocast():
+                outputs = self.D(torch.cat([real, y_hat.detach()]), cond)
+            real_out, fake_out = _split(outputs, n)
+            d_total, d_parts = self.d_loss(real_out, fake_out, real_images=real, apply_r1=apply_r1)
+            self.scaler.scale(d_total).backward()
+            stats.update(
+                {k: v for k, v in d_parts.items() if k.startswith(("D_", "d_", "r1", "w_r1"))}
+            )
+            stats["loss_D"] = d_total.detach()
+            stats.update(self._clip("D"))
+
+        field = None
+        pred = y_hat
+        if self.R is not None:
+            with self._autocast():
+                field = self.R(y_hat, y)
+            field = field.float()
+            pred = warp(y_hat, field)
+            stats["field_max_px"] = field.detach().norm(dim=1).amax()
+        real_out = fake_out = None
+        if self.D is not None:
+            d_net = unwrap(self.D)
+            d_net.requires_grad_(False)
+            try:
+                cond = torch.cat([x, x]) if self.d_conditional else None
+                with self._autocast():
+                    outputs = d_net(torch.cat([y, y_hat]), cond)
+                real_out, fake_out = _split(outputs, n)
+            finally:
+                d_net.requires_grad_(True)
+        g_total, g_parts = self.g_loss(
+            pred, y, mask, fake_outputs=fake_out, real_outputs=real_out, field=field
+        )
+        self.scaler.scale(g_total).backward()
+        g_parts.pop("D_real", None)  # D's view of this step is reported by the D step
+        g_parts.pop("D_fake", None)
+        stats.update(g_parts)
+        stats["loss_G"] = g_total.detach()
+        stats.update(self._clip("G"))
+        if self.R is not None:
+            stats.update(self._clip("R"))
+
+        # The step's only host sync: skip the update when anything is non-finite.
+        checks = [g_total.detach()] + ([d_total.detach()] if d_total is not None else [])
+        if not self.scaler.is_enabled():  # fp16's scaler handles inf gradients itself
+            checks += [v for k, v in stats.items() if k.startswith("grad_norm_")]
+        finite = bool(torch.isfinite(torch.stack([c.float() for c in checks])).all())
+        if finite:
+            for opt in self.optimizers.values():
+                self.scaler.step(opt)
+            decay = self.ema.update(unwrap(self.G), self.global_step)
+            stats["ema_decay"] = torch.tensor(decay)
+            self.nonfinite_in_row = 0
+        else:
+            self.skipped_steps += 1
+            self.nonfinite_in_row += 1
+            log.warning(
+                "non-finite loss or gradient at step %d (epoch %d): step skipped "
+                "(%d in a row, %d in total)",
+                self.global_step,
+                self.epoch,
+                self.nonfinite_in_row,
+                self.skipped_steps,
+            )
+            if self.nonfinite_in_row >= self.cfg.train.max_nonfinite_steps:
+                raise TrainingError(
+                    f"{self.nonfinite_in_row} non-finite steps in a row (train."
+                    f"max_nonfinite_steps={self.cfg.train.max_nonfinite_steps}); stopping. "
+                    "Lower the learning rates, check the data for NaNs, or use amp: off."
+                )
+            stats = {k: v for k, v in stats.items() if not k.startswith(("loss_", "w_", "share"))}
+        self.scaler.update()
+        for sched in self.schedulers.values():
+            sched.step()
+        if self.D is not None:
+            self.d_step += 1
+        self.global_step += 1
+        return stats
+
+    # ------------------------------------------------------------------------------------------
+    # epochs
+    # ------------------------------------------------------------------------------------------
+
+    def _batches(self) -> Iterator[dict]:
+        self.sampler.set_epoch(self.epoch, self.step_in_epoch)
+        return iter(self.train_loader)
+
+    def _learning_rates(self) -> dict[str, float]:
+        return {f"lr_{name}": s.get_last_lr()[0] for name, s in self.schedulers.items()}
+
+    def train_epoch(self) -> dict[str, float]:
+        """Train the rest of the current epoch; returns the epoch's mean diagnostics."""
+        cfg = self.cfg
+        epoch_means, window = RunningMeans(), RunningMeans()
+        bar = ProgressBar(
+            self.steps_per_epoch - self.step_in_epoch,
+            desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}",
+            enabled=self.ctx.is_main and cfg.logging.progress,
+        )
+        window_start, window_images = time.perf_counter(), 0
+        for net in self._nets().values():
+            net.train()
+        try:
+            for batch in self._batches():
+                stats = self.train_step(batch)
+                epoch_means.add(stats)
+                window.add(stats)
+                window_images += batch["input"].shape[0] * self.ctx.world_size
+                self.step_in_epoch += 1
+                if self.step_in_epoch % cfg.logging.log_every != 0:
+                    bar.update(1)
+                else:
+                    now = time.perf_counter()
+                    scalars = window.means()
+                    scalars.update(self._learning_rates())
+                    scalars["images_per_s"] = window_images / max(now - window_start, 1e-9)
+                    self.logger.log_step(self.global_step, self.epoch, scalars)
+                    bar.update(1, loss_G=scalars.get("loss_G", float("nan")))
+                    window.reset()
+                    window_start, window_images = now, 0
+                every = cfg.train.save_every_steps
+                if (
+                    every
+                    and self.step_in_epoch % every == 0
+                    and self.step_in_epoch < self.steps_per_epoch
+                ):
+                    self.save(is_best=False, epoch_end=False)
+        finally:
+            bar.close()
+        return epoch_means.means()
+
+    def validate(self) -> EvalResult | None:
+        """EMA generator on the validation split (None when there is no val split)."""
+        if self.val_loader is None:
+            return None
+        return evaluate_generator(
+            self.ema.module,
+            self.val_loader,
+            ctx=self.ctx,
+            data_range=self.data_range,
+            autocast_dtype=self.amp_dtype,
+            sample_count=self.cfg.eval.sample_count if self.ctx.is_main else 0,
+            max_images=self.cfg.eval.max_val_images,
+        )
+
+    def _is_better(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        best = self.best["value"]
+        if best is None:
+            return True
+        return value > best if self.cfg.eval.best_mode == "max" else value < best
+
+    def fit(self) -> dict[str, Any]:
+        """Train to ``train.epochs``; returns the final summary (also ``summary.json``)."""
+        cfg, tc = self.cfg, self.cfg.train
+        if self.ctx.is_main:
+            save_config(cfg, self.run_dir / "config.yaml")
+        try:
+            while self.epoch < tc.epochs:
+                start = time.perf_counter()
+                train_stats = self.train_epoch()
+                scalars = {f"train_{k}": v for k, v in train_stats.items()}
+                scalars.update(self._learning_rates())
+                scalars["skipped_steps"] = float(self.skipped_steps)
+                is_best = False
+                last = self.epoch + 1 == tc.epochs
+                if (self.epoch + 1) % tc.val_every == 0 or last:
+                    result = self.validate()
+                    if result is not None:
+                        scalars.update({f"val_{k}": v for k, v in result.metrics.items()})
+                        key = cfg.eval.best_metric
+                        if key not in result.metrics:
+                            raise ValueError(
+                                f"eval.best_metric {key!r} is not a validation metric; "
+                                f"choose one of {', '.join(sorted(result.metrics))}"
+                            )
+                        value = result.metrics[key]
+                        if self._is_better(value):
+                            is_best = True
+                            self.best.update(value=value, epoch=self.epoch + 1)
+                        self._log_samples(result)
+                seconds = time.perf_counter() - start
+                self.wall_seconds += seconds
+                self.epoch += 1
+                self.step_in_epoch = 0
+                if self.best["value"] is not None:
+                    scalars.update(best_value=self.best["value"], best_epoch=self.best["epoch"])
+                scalars["epoch_seconds"] = seconds
+                scalars["images_per_s"] = (
+                    self.steps_per_epoch * cfg.data.batch_size * self.ctx.world_size / seconds
+                )
+                self.logger.log_epoch(self.epoch, scalars)
+                if self.ctx.is_main:
+                    line = epoch_summary_line(
+                        self.epoch,
+                        tc.epochs,
+                        {
+                            **{
+                                k[len("train_") :]: v
+                                for k, v in scalars.items()
+                                if k.startswith("train_")
+                            },
+                            **scalars,
+                            "best_metric": cfg.eval.best_metric,
+                        },
+                        seconds=seconds,
+                    )
+                    print(line, flush=True)
+                    log.info(line)
+                self.save(is_best=is_best, epoch_end=True)
+        except KeyboardInterrupt:
+            log.warning("interrupted: saving %s before exiting", self.checkpoints.last_path())
+            self.save(is_best=False, epoch_end=False)
+            raise
+        summary = self._final_summary()
+        self.logger.close()
+        return summary
+
+    def _log_samples(self, result: EvalResult) -> None:
+        if not self.ctx.is_main or not result.samples:
+            return
+        s = result.samples
+        lo, hi = self.cfg.data.normalization.output_range
+        rgb = sample_grid(s["input"], s["output"], s["reference"], s["mask"], value_range=(lo, hi))
+        self.logger.log_images(
+            "val/samples",
+            rgb,
+            self.epoch + 1,
+            save_png=self.run_dir / "samples" / f"epoch_{self.epoch + 1:04d}.png",
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # checkpoints
+    # ------------------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """Everything needed to continue this run exactly."""
+        nets = {name: unwrap(net).state_dict() for name, net in self._nets().items()}
+        return checkpoint_payload(
+            epoch=self.epoch,
+            step_in_epoch=self.step_in_epoch,
+            step=self.global_step,
+            d_step=self.d_step,
+            skipped_steps=self.skipped_steps,
+            model=nets,
+            ema={"G": self.ema.state_dict()},
+            optim={name: opt.state_dict() for name, opt in self.optimizers.items()},
+            sched={name: s.state_dict() for name, s in self.schedulers.items()},
+            scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            rng=capture_rng_state(),
+            config=config_to_dict(self.cfg),
+            best=dict(self.best),
+            normalizer=self.normalizer.state_dict(),
+            wall_seconds=self.wall_seconds,
+            mode=mode_name(self.cfg),
+        )
+
+    def save(self, *, is_best: bool, epoch_end: bool) -> None:
+        """Write ``last`` (and ``best`` / every-N) checkpoints on rank 0."""
+        if self.ctx.is_main:
+            if epoch_end:
+                self.checkpoints.save(self.state(), epoch=self.epoch, is_best=is_best)
+            else:  # inside an epoch only ``last`` is refreshed
+                save_checkpoint(self.checkpoints.last_path(), self.state())
+        barrier(self.ctx)
+
+    def _restore(self, state: dict) -> None:
+        for name, net in self._nets().items():
+            unwrap(net).load_state_dict(state["model"][name])
+        self.ema.load_state_dict(state["ema"]["G"])
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optim"][name])
+        for name, sched in self.schedulers.items():
+            sched.load_state_dict(state["sched"][name])
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch = state["epoch"]
+        self.step_in_epoch = state["step_in_epoch"]
+        self.global_step = state["step"]
+        self.d_step = state["d_step"]
+        self.skipped_steps = state["skipped_steps"]
+        self.best = dict(state["best"])
+        self.wall_seconds = state.get("wall_seconds", 0.0)
+        restore_rng_state(state["rng"])
+        log.info(
+            "resumed at epoch %d, step %d (%d into the epoch)",
+            self.epoch + 1,
+            self.global_step,
+            self.step_in_epoch,
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # the end
+    # ------------------------------------------------------------------------------------------
+
+    def _final_summary(self) -> dict[str, Any]:
+        cfg = self.cfg
+        summary: dict[str, Any] = {
+            "mode": mode_name(cfg),
+            "epochs": self.epoch,
+            "steps": self.global_step,
+            "skipped_steps": self.skipped_steps,
+            "best": self.best,
+            "wall_seconds": self.wall_seconds,
+            "run_dir": str(self.run_dir),
+            "medi2i_version": __version__,
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        if cfg.eval.test_at_end:
+            summary["test"] = self.test_best()
+        if self.ctx.is_main:
+            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def test_best(self) -> dict[str, Any] | None:
+        """The best (else last) EMA weights on the test split, beside the identity baseline."""
+        test_set = self._optional_split("test")
+        if test_set is None:
+            return None
+        source = "last"
+        best_path = self.checkpoints.best_path()
+        ema_net = self.ema.module
+        if best_path.is_file():
+            state = load_checkpoint(best_path, map_location=self.device)
+            tmp = EMA(unwrap(self.G), 0.0)
+            tmp.load_state_dict(state["ema"]["G"])
+            ema_net = tmp.module
+            source = f"best (epoch {state['best']['epoch']})"
+        result = evaluate_generator(
+            ema_net,
+            self._eval_loader(test_set),
+            ctx=self.ctx,
+            data_range=self.data_range,
+            autocast_dtype=self.amp_dtype,
+        )
+        baseline, reference = identity_baseline(test_set, data_range=self.data_range)
+        report = {
+            "weights": f"EMA, {source}",
+            "reference": result.reference,
+            "images": result.images,
+            "model": result.metrics,
+            "identity": {k: baseline[k] for k in result.metrics if k in baseline},
+        }
+        if self.ctx.is_main:
+            atomic_write_text(
+                self.run_dir / "test_metrics.json", json.dumps(report, indent=2) + "\n"
+            )
+            m, b = report["model"], report["identity"]
+            print(
+                f"test ({result.images} images, vs {reference}, {report['weights']}): "
+                f"PSNR {m['psnr']:.2f} dB (identity {b['psnr']:.2f}), "
+                f"lung {m['psnr_mask']:.2f} (identity {b['psnr_mask']:.2f}); "
+                f"SSIM {m['ssim']:.4f} (identity {b['ssim']:.4f}), "
+                f"lung {m['ssim_mask']:.4f} (identity {b['ssim_mask']:.4f})",
+                flush=True,
+            )
+        return report
+
+
+# ----------------------------------------------------------------------------------------------
+# entry point
+# ----------------------------------------------------------------------------------------------
+
+
+def _new_run_dir(cfg: Config, out: str | None) -> Path:
+    if out is not None:
+        run_dir = Path(out)
+        if (run_dir / "checkpoints" / "last.pt").exists():
+            raise ValueError(
+                f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                "or choose another --out"
+            )
+        return run_dir
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(cfg.train.out_dir) / f"{stamp}-{mode_name(cfg)}"
+
+
+def _attach_file_log(run_dir: Path) -> logging.Handler:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger("medi2i")
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+        for h in root.handlers:  # keep the console as quiet as the user asked
+            if h.level == logging.NOTSET:
+                h.setLevel(logging.WARNING)
+    root.addHandler(handler)
+    return handler
+
+
+def resume_config(run_dir: Path, overrides: list[str]) -> tuple[Config, dict]:
+    """The config and state of ``RUN_DIR/checkpoints/last.pt``; only ``train.epochs`` may change.
+
+    Raises:
+        ValueError: no checkpoint, or an override other than ``train.epochs``.
+    """
+    from medi2i.config import build_config
+
+    path = CheckpointManager(run_dir).last_path()
+    if not path.is_file():
+        raise ValueError(f"nothing to resume: {path} does not exist")
+    state = load_checkpoint(path)
+    bad = [o for o in overrides if not o.startswith("train.epochs=")]
+    if bad:
+        raise ValueError(
+            "a resumed run keeps its config (only train.epochs=N may change); got " + ", ".join(bad)
+        )
+    return build_config(state["config"], overrides), state
+
+
+def train(
+    cfg: Config | None = None,
+    *,
+    out: str | None = None,
+    resume: str | None = None,
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
+    """Run training as ``medi2i train`` does; returns the final summary.
+
+    Args:
+        cfg: the config of a new run (ignored when resuming).
+        out: run directory of a new run (default: ``train.out_dir/<time>-<mode>``).
+        resume: run directory to continue from its ``last`` checkpoint.
+        overrides: with ``resume``, allowed: ``train.epochs=N``.
+    """
+    state = None
+    if resume is not None:
+        cfg, state = resume_config(Path(resume), list(overrides or []))
+        run_dir = Path(resume)
+    else:
+        assert cfg is not None
+        run_dir = _new_run_dir(cfg, out)
+    ctx = init_distributed(cfg.train.device)
+    handler = _attach_file_log(run_dir) if ctx.is_main else None
+    try:
+        if ctx.is_main:
+            log.info("run directory %s (medi2i %s)", run_dir, __version__)
+        trainer = Trainer(cfg, run_dir, ctx, resume=state)
+        return trainer.fit()
+    finally:
+        if handler is not None:
+            logging.getLogger("medi2i").removeHandler(handler)
+            handler.close()
+        cleanup_distributed()

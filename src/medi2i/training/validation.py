@@ -1,0 +1,117 @@
+"""Evaluate a generator on a split: mean metrics, gathered over ranks, plus sample images.
+
+The trainer calls this with the **EMA** generator (``EMA.module``), never the online one: the
+online weights are not even passed in, so validation cannot use or disturb them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from medi2i.evaluation.baseline import reference_key
+from medi2i.evaluation.metrics import compute_metrics
+from medi2i.training.distributed import DistContext, all_reduce_sum
+
+log = logging.getLogger(__name__)
+
+#: Metrics computed during validation (each whole-image and inside the mask).
+VAL_METRICS = ("psnr", "ssim", "mae", "sharpness", "hfen", "gmsd")
+
+
+@dataclass
+class EvalResult:
+    """Mean metrics over a split and a few example images (on the CPU)."""
+
+    metrics: dict[str, float]
+    reference: str
+    images: int
+    samples: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _to(batch: dict, key: str, device: torch.device) -> torch.Tensor:
+    return batch[key].to(device, non_blocking=True)
+
+
+@torch.no_grad()
+def evaluate_generator(
+    generator: nn.Module,
+    loader: DataLoader,
+    *,
+    ctx: DistContext,
+    data_range: float,
+    autocast_dtype: torch.dtype | None = None,
+    sample_count: int = 0,
+    max_images: int | None = None,
+    metrics: tuple[str, ...] = VAL_METRICS,
+) -> EvalResult:
+    """Mean metrics of ``generator`` over ``loader`` (this rank's share), summed over ranks.
+
+    Args:
+        generator: the network to evaluate; put in eval mode here and left in eval mode.
+        loader: batches with ``input``, ``target``, ``mask`` (and ``aligned_target``, which
+            is preferred as the reference when present).
+        ctx: distributed context (metric sums are all-reduced).
+        data_range: width of the images' value range.
+        autocast_dtype: run the generator under autocast with this dtype (None = off).
+        sample_count: keep this many first images (input, output, reference, mask).
+        max_images: stop after this many images on this rank.
+        metrics: metric names for :func:`~medi2i.evaluation.metrics.compute_metrics`.
+
+    Returns:
+        The mean of every metric over all images with a finite value.
+    """
+    generator.eval()
+    device = ctx.device
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, torch.Tensor] = {}
+    kept: dict[str, list[torch.Tensor]] = {"input": [], "output": [], "reference": [], "mask": []}
+    kept_n = 0
+    seen = 0
+    reference = "target"
+    for batch in loader:
+        reference = reference_key(batch)
+        x = _to(batch, "input", device)
+        ref = _to(batch, reference, device)
+        mask = _to(batch, "mask", device)
+        amp = (
+            torch.autocast(device.type, dtype=autocast_dtype)
+            if autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with amp:
+            pred = generator(x)
+        pred = pred.float()
+        values = compute_metrics(pred, ref, data_range=data_range, mask=mask, include=metrics)
+        for name, v in values.items():
+            finite = torch.isfinite(v)
+            sums[name] = sums.get(name, 0) + torch.where(finite, v, 0).sum()
+            counts[name] = counts.get(name, 0) + finite.sum()
+        if kept_n < sample_count:
+            take = min(sample_count - kept_n, x.shape[0])
+            for key, t in (("input", x), ("output", pred), ("reference", ref), ("mask", mask)):
+                kept[key].append(t[:take].detach().float().cpu())
+            kept_n += take
+        seen += x.shape[0]
+        if max_images is not None and seen >= max_images:
+            break
+    names = sorted(sums)
+    if not names:
+        return EvalResult({}, reference, 0)
+    seen_t = torch.tensor(float(seen), device=device)
+    packed = torch.stack(
+        [*(sums[n].float() for n in names), *(counts[n].float() for n in names), seen_t]
+    )
+    packed = all_reduce_sum(packed, ctx).tolist()  # one host transfer for every metric
+    k = len(names)
+    means = {
+        n: (packed[i] / packed[k + i]) if packed[k + i] > 0 else float("nan")
+        for i, n in enumerate(names)
+    }
+    samples = {key: torch.cat(v) for key, v in kept.items() if v}
+    return EvalResult(means, reference, int(packed[-1]), samples)
