@@ -239,9 +239,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 raise UserError("--resume continues a run as it was: drop --config and --out")
             train(resume=args.resume, overrides=list(args.overrides))
         else:
-            if not args.config:
-                raise UserError("give --config FILE (or --resume RUN_DIR)")
             cfg = _load_config(args.config, args.overrides)
+            if cfg.data.root is None and cfg.data.manifest is None:
+                raise UserError("no data: give --config FILE or data.root=DIR")
             train(cfg, out=args.out)
     except (DatasetError, TrainingError, ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from exc
@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
         "TensorBoard and CSV/JSONL logs and sample grids to the run directory.",
     )
     _add_common(trn)
-    trn.add_argument("--config", help="YAML config")
+    trn.add_argument("--config", help="YAML config (default: all defaults + overrides)")
     trn.add_argument("--out", help="run directory (default: train.out_dir/<time>-<mode>)")
     trn.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last.pt")
     trn.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")

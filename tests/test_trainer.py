@@ -1,0 +1,306 @@
+"""The trainer: every mode, EMA validation, warm-up, pretrained G, clipping, diagnostics, NaN
+guard, exact resume after a real SIGKILL, and DDP on two gloo processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medi2i.config import load_config
+from medi2i.data.io import write_png
+from medi2i.training.checkpoints import load_checkpoint
+from medi2i.training.distributed import DistContext
+from medi2i.training.trainer import Trainer, TrainingError, train
+
+SIZE = 32
+
+
+def _pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    soft = 0.3 + 0.2 * np.sin(6 * xx + rng.uniform(0, 6)) * np.cos(5 * yy)
+    bone = 0.25 * (np.sin(20 * yy + rng.uniform(0, 6)) > 0.6)
+    mask = (np.abs(xx - 0.5) < 0.3) & (np.abs(yy - 0.5) < 0.35)
+    to16 = lambda a: np.round(np.clip(a, 0, 1) * 65535).astype(np.uint16)  # noqa: E731
+    return to16(soft + bone), to16(soft), (mask * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pairs")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("val", 3), ("test", 3)):
+        for i in range(n):
+            x, y, m = _pair(rng)
+            write_png(root / split / "input" / f"{i:03d}.png", x)
+            write_png(root / split / "target" / f"{i:03d}.png", y)
+            write_png(root / split / "mask" / f"{i:03d}.png", m)
+    return root
+
+
+def tiny_cfg(root: Path, *overrides: str):
+    base = [
+        f"data.root={root}",
+        "data.normalization.mode=dtype",
+        "data.batch_size=2",
+        "model.G.preset=small",
+        "model.G.base_channels=8",
+        "model.G.channel_mults=[1,2]",
+        "model.G.res_blocks=1",
+        "model.G.attention=false",
+        "model.G.residual_output=true",
+        "model.D.base_channels=8",
+        "model.D.num_scales=1",
+        "model.D.n_layers=2",
+        "train.epochs=2",
+        "train.steps_per_epoch=3",
+        "train.device=cpu",
+        "train.ema_decay=0.9",
+        "logging.log_every=1",
+        "logging.progress=false",
+        "eval.sample_count=2",
+    ]
+    return load_config(None, [*base, *overrides])
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        ("model.R.enabled=false", "model.D.enabled=false"),
+        ("model.R.enabled=true", "model.D.enabled=false"),
+        ("model.R.enabled=false", "model.D.enabled=true"),
+        ("model.R.enabled=true", "model.D.enabled=true", "loss.r1_weight=1", "loss.r1_interval=2"),
+    ],
+    ids=["G", "G+R", "G+D", "G+R+D"],
+)
+def test_each_mode_trains_and_writes_everything(dataset_root, tmp_path, mode):
+    cfg = tiny_cfg(dataset_root, *mode)
+    run = tmp_path / "run"
+    summary = train(cfg, out=str(run))
+    assert summary["steps"] == 6 and summary["skipped_steps"] == 0
+    for name in ("config.yaml", "summary.json", "test_metrics.json", "train.log"):
+        assert (run / name).is_file(), name
+    for name in ("last.pt", "best.pt"):
+        assert (run / "checkpoints" / name).is_file()
+    assert list((run / "tensorboard").iterdir())
+    assert (run / "samples" / "epoch_0002.png").is_file()
+    steps = read_jsonl(run / "metrics" / "steps.jsonl")
+    assert [s["step"] for s in steps] == [1, 2, 3, 4, 5, 6]
+    for s in steps:
+        assert np.isfinite(s["loss_G"])
+        shares = [s[k] for k in s if k.startswith("share_")]
+        assert sum(shares) == pytest.approx(100.0, abs=1e-3)
+        assert "grad_norm_G" in s and "lr_G" in s
+        if "D.enabled=true" in " ".join(mode):
+            assert {"D_real", "D_fake", "D_acc", "grad_norm_D", "clip_rate_D"} <= set(s)
+        if "R.enabled=true" in " ".join(mode):
+            assert "grad_norm_R" in s and "w_smooth" in s
+    epochs = read_jsonl(run / "metrics" / "epochs.jsonl")
+    assert len(epochs) == 2 and "val_psnr_mask" in epochs[-1]
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["epoch"] == 2 and state["step"] == 6
+    joined = " ".join(mode)
+    expected = {"G"} | ({"R"} if "R.enabled=true" in joined else set())
+    assert set(state["model"]) == expected | ({"D"} if "D.enabled=true" in joined else set())
+
+
+def test_validation_uses_ema_and_leaves_online_weights_untouched(dataset_root, tmp_path):
+    cfg = tiny_cfg(dataset_root, "train.ema_decay=0.99", "train.epochs=1")
+    trainer = Trainer(cfg, tmp_path / "run", DistContext())
+    for batch in trainer.train_loader:
+        trainer.train_step(batch)
+    before = {k: v.clone() for k, v in trainer.G.state_dict().items()}
+    ema_result = trainer.validate()
+    after = trainer.G.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # bit-identical
+    from medi2i.training.validation import evaluate_generator
+
+    online = evaluate_generator(
+        trainer.G, trainer.val_loader, ctx=trainer.ctx, data_range=trainer.data_range
+    )
+    assert ema_result.metrics["psnr"] != pytest.approx(online.metrics["psnr"], abs=1e-6)
+    trainer.logger.close()
+
+
+def test_warmup_and_skip_warmup_learning_rates(dataset_root, tmp_path):
+    def lr_after_one_step(*overrides):
+        cfg = tiny_cfg(dataset_root, "optim.G.lr=1e-3", "optim.warmup_epochs=1", *overrides)
+        trainer = Trainer(cfg, tmp_path / f"run{len(overrides)}", DistContext())
+        first = trainer.optimizers["G"].param_groups[0]["lr"]
+        trainer.train_step(next(iter(trainer.train_loader)))
+        trainer.logger.close()
+        return first, trainer.optimizers["G"].param_groups[0]["lr"]
+
+    warm_first, warm_next = lr_after_one_step()
+    assert warm_first == pytest.approx(1e-3 / 3)  # warm-up of 3 steps: (0 + 1) / 3
+    assert warm_next == pytest.approx(2e-3 / 3)
+    skip_first, skip_next = lr_after_one_step("optim.skip_warmup=true")
+    assert skip_first == pytest.approx(1e-3) and skip_next == pytest.approx(1e-3)
+
+
+def test_pretrained_G_loads_and_mismatch_is_explained(dataset_root, tmp_path):
+    g_only = tiny_cfg(dataset_root, "train.epochs=1")
+    train(g_only, out=str(tmp_path / "g_only"))
+    source = tmp_path / "g_only" / "checkpoints" / "best.pt"
+    cfg = tiny_cfg(
+        dataset_root,
+        "model.D.enabled=true",
+        f"train.pretrained_G={source}",
+        "optim.skip_warmup=true",
+    )
+    trainer = Trainer(cfg, tmp_path / "gd", DistContext())
+    state = load_checkpoint(source)
+    for k, v in trainer.G.state_dict().items():
+        assert torch.equal(v, state["model"]["G"][k])
+    for k, v in trainer.ema.module.state_dict().items():
+        assert torch.equal(v, state["ema"]["G"][k])
+    trainer.logger.close()
+    wider = tiny_cfg(dataset_root, "model.G.base_channels=16", f"train.pretrained_G={source}")
+    with pytest.raises(ValueError, match=r"(?s)best\.pt.*shape mismatch: stem\.weight"):
+        Trainer(wider, tmp_path / "bad", DistContext())
+
+
+def test_clipping_is_measured_and_reported(dataset_root, tmp_path):
+    cfg = tiny_cfg(dataset_root, "model.D.enabled=true", "optim.grad_clip=1e-6", "train.epochs=1")
+    train(cfg, out=str(tmp_path / "run"))
+    steps = read_jsonl(tmp_path / "run" / "metrics" / "steps.jsonl")
+    for s in steps:
+        assert s["clip_rate_G"] == 1.0 and s["clip_rate_D"] == 1.0
+        assert s["grad_norm_G"] > 1e-6  # the norm before clipping
+        assert s["clip_cut_G"] == pytest.approx(1 - 1e-6 / s["grad_norm_G"])
+
+
+def test_nonfinite_steps_are_skipped_then_training_stops(dataset_root, tmp_path, monkeypatch):
+    cfg = tiny_cfg(dataset_root, "train.max_nonfinite_steps=3", "train.epochs=1")
+    trainer = Trainer(cfg, tmp_path / "run", DistContext())
+    before = {k: v.clone() for k, v in trainer.G.state_dict().items()}
+    real_forward = trainer.G.forward
+    monkeypatch.setattr(trainer.G, "forward", lambda x: real_forward(x) * float("nan"))
+    batches = iter(trainer.train_loader)
+    trainer.train_step(next(batches))
+    trainer.train_step(next(batches))
+    assert trainer.skipped_steps == 2
+    assert all(torch.equal(before[k], v) for k, v in trainer.G.state_dict().items())
+    with pytest.raises(TrainingError, match="3 non-finite steps in a row"):
+        trainer.train_step(next(batches))
+    trainer.logger.close()
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "medi2i", "train", *args]
+
+
+CLI_TINY = [
+    "data.normalization.mode=dtype",
+    "data.batch_size=2",
+    "model.G.preset=small",
+    "model.G.base_channels=8",
+    "model.G.channel_mults=[1,2]",
+    "model.G.res_blocks=1",
+    "model.G.dropout=0.1",  # uses the torch RNG: resume must restore it
+    "model.G.attention=false",
+    "model.G.residual_output=true",
+    "model.R.enabled=true",
+    "model.D.enabled=true",
+    "model.D.base_channels=8",
+    "model.D.num_scales=1",
+    "model.D.n_layers=2",
+    "data.augment.affine_p=0.5",
+    "data.augment.rotate_deg=5",
+    "train.device=cpu",
+    "logging.log_every=1",
+    "logging.progress=false",
+    "logging.tensorboard=false",
+    "eval.test_at_end=false",
+]
+
+
+@pytest.mark.slow
+def test_exact_resume_after_sigkill(dataset_root, tmp_path):
+    common = [
+        f"data.root={dataset_root}",
+        *CLI_TINY,
+        "train.epochs=3",
+        "train.steps_per_epoch=4",
+        "train.save_every_steps=2",
+        "data.num_workers=1",
+    ]
+    ref = tmp_path / "ref"
+    subprocess.run(_cli("--out", str(ref), *common), check=True, capture_output=True)
+    ref_steps = {s["step"]: s for s in read_jsonl(ref / "metrics" / "steps.jsonl")}
+    assert len(ref_steps) == 12
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _cli("--out", str(run), *common), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    steps_file = run / "metrics" / "steps.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # kill mid-epoch 2, after its mid-epoch checkpoint
+        if steps_file.is_file() and len(read_jsonl(steps_file)) >= 7:
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    resumed_from = state["step"]
+    assert 4 <= resumed_from < 12
+
+    subprocess.run(_cli("--resume", str(run)), check=True, capture_output=True)
+    steps = read_jsonl(steps_file)
+    assert [s["step"] for s in steps] == list(range(1, 13))  # no duplicates, no gaps
+    for s in steps:
+        if s["step"] <= resumed_from:
+            continue
+        for key in ("loss_G", "loss_D", "w_recon", "w_gan", "w_fm", "grad_norm_G"):
+            assert s[key] == pytest.approx(ref_steps[s["step"]][key], abs=1e-6, rel=0), (
+                s["step"],
+                key,
+            )
+    final = load_checkpoint(run / "checkpoints" / "last.pt")
+    ref_final = load_checkpoint(ref / "checkpoints" / "last.pt")
+    for k, v in final["model"]["G"].items():
+        assert torch.allclose(v, ref_final["model"]["G"][k], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_processes(dataset_root, tmp_path):
+    run = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29517",
+        "-m",
+        "medi2i",
+        "train",
+        "--out",
+        str(run),
+        f"data.root={dataset_root}",
+        *CLI_TINY,
+        "train.epochs=2",
+        "train.steps_per_epoch=2",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["step"] == 4  # both ranks took the same 2 x 2 optimiser steps
+    steps = read_jsonl(run / "metrics" / "steps.jsonl")
+    assert [s["step"] for s in steps] == [1, 2, 3, 4]  # logged once, by rank 0
+    assert all(np.isfinite(s["loss_G"]) for s in steps)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
