@@ -373,8 +373,8 @@ class Trainer:
             pred, y, mask, fake_outputs=fake_out, real_outputs=real_out, field=field
         )
         self.scaler.scale(g_total).backward()
-        g_parts.pop("D_real", None)  # D's view of this step is reported by the D step
-        g_parts.pop("D_fake", None)
+        for key in ("D_real", "D_fake", "total"):  # D's view comes from the D step; total=loss_G
+            g_parts.pop(key, None)
         stats.update(g_parts)
         stats["loss_G"] = g_total.detach()
         stats.update(self._clip("G"))
