@@ -61,6 +61,10 @@ class DatasetError(ValueError):
         super().__init__("\n".join(lines))
 
 
+class MissingSplitError(DatasetError):
+    """The requested split does not exist or holds no pairs (callers may treat it as optional)."""
+
+
 @dataclass(frozen=True)
 class PairRecord:
     """One pair's files."""
@@ -110,7 +114,7 @@ def discover_layout(root: str | Path, split: str) -> list[PairRecord]:
     root = Path(root)
     split_dir = root / split
     if not split_dir.is_dir():
-        raise DatasetError(
+        raise MissingSplitError(
             f"dataset {root}", [f"split folder {split_dir} not found (expected {split_dir}/input)"]
         )
     problems: list[str] = []
@@ -142,7 +146,9 @@ def discover_layout(root: str | Path, split: str) -> list[PairRecord]:
             )
         )
     if not records and not problems:
-        problems.append(f"split {split!r} has no image pairs in {split_dir}")
+        raise MissingSplitError(
+            f"dataset {root} split {split!r}", [f"no image pairs in {split_dir}"]
+        )
     if problems:
         raise DatasetError(f"dataset {root} split {split!r}", problems)
     return records
@@ -209,7 +215,7 @@ def read_manifest(manifest: str | Path, split: str) -> list[PairRecord]:
             )
         )
     if not records and not problems:
-        problems.append(f"split {split!r} has no rows")
+        raise MissingSplitError(f"manifest {manifest} split {split!r}", ["no rows"])
     if problems:
         raise DatasetError(f"manifest {manifest} split {split!r}", problems)
     return records

@@ -149,18 +149,8 @@ class EMA:
         Raises:
             ValueError: when ``model`` does not have the EMA's parameter/buffer layout.
         """
-        net = unwrap_model(model)
-        params = [p.detach() for p in net.parameters()]
-        buffers = list(net.buffers())
-        self._check_layout(params, buffers)
         decay = self.current_decay(step)
-        if decay == 0.0:
-            torch._foreach_copy_(self._params, params)
-        else:
-            # ema + (1 - decay) * (online - ema) == decay * ema + (1 - decay) * online
-            torch._foreach_lerp_(self._params, params, 1.0 - decay)
-        for mine, theirs in zip(self._buffers, buffers):
-            mine.copy_(theirs)
+        self._blend(model, decay)
         return decay
 
     @torch.no_grad()
@@ -173,11 +163,19 @@ class EMA:
         Raises:
             ValueError: when ``model`` does not have the EMA's parameter/buffer layout.
         """
+        self._blend(model, 0.0)
+
+    def _blend(self, model: nn.Module, decay: float) -> None:
+        """``ema = decay * ema + (1 - decay) * online`` for parameters; buffers copied."""
         net = unwrap_model(model)
         params = [p.detach() for p in net.parameters()]
         buffers = list(net.buffers())
         self._check_layout(params, buffers)
-        torch._foreach_copy_(self._params, params)
+        if decay == 0.0:
+            torch._foreach_copy_(self._params, params)
+        else:
+            # ema + (1 - decay) * (online - ema) == decay * ema + (1 - decay) * online
+            torch._foreach_lerp_(self._params, params, 1.0 - decay)
         for mine, theirs in zip(self._buffers, buffers):
             mine.copy_(theirs)
 

@@ -35,6 +35,7 @@ import logging
 import math
 import random
 import time
+import warnings
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,7 +50,7 @@ from torch.utils.data import DataLoader
 from medi2i import __version__
 from medi2i.config import Config, config_to_dict, save_config
 from medi2i.data.dataset import (
-    DatasetError,
+    MissingSplitError,
     PairedImageDataset,
     build_dataloader,
     build_dataset,
@@ -250,11 +251,9 @@ class Trainer:
     def _optional_split(self, split: str) -> PairedImageDataset | None:
         try:
             return build_dataset(self.cfg, split, normalizer=self.normalizer, train=False)
-        except DatasetError as exc:
-            if "not found" in str(exc) or "no image pairs" in str(exc) or "no rows" in str(exc):
-                log.warning("no %s split (%s); continuing without it", split, exc.problems[0])
-                return None
-            raise
+        except MissingSplitError as exc:
+            log.warning("no %s split (%s); continuing without it", split, exc.problems[0])
+            return None
 
     def _eval_loader(self, dataset: PairedImageDataset | None) -> DataLoader | None:
         if dataset is None:
@@ -411,8 +410,12 @@ class Trainer:
                 )
             stats = {k: v for k, v in stats.items() if not k.startswith(("loss_", "w_", "share"))}
         self.scaler.update()
-        for sched in self.schedulers.values():
-            sched.step()
+        with warnings.catch_warnings():
+            # a skipped first step trips torch's "scheduler before optimizer" warning; the
+            # schedule follows the step count either way
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            for sched in self.schedulers.values():
+                sched.step()
         if self.D is not None:
             self.d_step += 1
         self.global_step += 1
