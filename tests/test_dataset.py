@@ -352,5 +352,5 @@ def test_build_dataset_eval_split_not_augmented(tmp_path):
 def test_crop_larger_than_image_is_an_error(tmp_path):
     make_layout(tmp_path, names=("a",))
     cfg = load_config(None, [f"data.root={tmp_path}", "data.crop_size=64"])
-    with pytest.raises(ValueError, match="crop_size 64 is larger than the image"):
-        build_dataset(cfg, "train")[0]
+    with pytest.raises(DatasetError, match=r"a: 24x32 is smaller than data.crop_size 64"):
+        build_dataset(cfg, "train")

@@ -371,3 +371,48 @@ def test_demo_end_to_end_short(tmp_path):
     ):
         assert (run / name).is_file(), name
     assert any((run / "tensorboard").iterdir())
+
+
+def test_sweep_grid_expansion_and_names():
+    from medi2i.training.sweep import expand, parse_grid, run_name
+
+    grid = parse_grid(["loss.gan_weight=2,3", "loss.feat_match_weight=[2, 10.5]"])
+    combos = expand(grid)
+    assert combos[0] == ["loss.gan_weight=2", "loss.feat_match_weight=2"]
+    assert len(combos) == 4
+    assert run_name(combos[-1]) == "gan_weight=3_feat_match_weight=10.5"
+
+
+def test_sweep_trains_each_combination(dataset_root, tmp_path):
+    from medi2i.cli import main
+
+    status = main(
+        [
+            "sweep",
+            "--set",
+            "loss.gan_weight=1,2",
+            "--out",
+            str(tmp_path / "sw"),
+            "-o",
+            f"data.root={dataset_root}",
+            *[x for o in TINY_NETS for x in ("-o", o)],
+            "-o",
+            "data.crop_size=null",
+            "-o",
+            "model.D.enabled=true",
+            "-o",
+            "train.epochs=1",
+            "-o",
+            "train.steps_per_epoch=1",
+            "-o",
+            "eval.test_at_end=false",
+            "-o",
+            "logging.tensorboard=false",
+            str(Path(__file__).parents[1] / "configs" / "demo.yaml"),
+        ]
+    )
+    assert status == 0
+    for name in ("gan_weight=1", "gan_weight=2"):
+        cfg = load_config(tmp_path / "sw" / name / "config.yaml")
+        assert cfg.loss.gan_weight == float(name.split("=")[1])
+        assert (tmp_path / "sw" / name / "checkpoints" / "last.pt").is_file()

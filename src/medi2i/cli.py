@@ -8,6 +8,7 @@ Commands available now:
 * ``medi2i config show [--config FILE] [key=value ...]`` - print the fully resolved config.
 * ``medi2i model-summary [--config FILE] [--size N] [key=value ...]`` - parameter counts and
   output shapes of G, R and D.
+* ``medi2i sweep FILE... --set key=v1,v2 [--set ...] --out DIR`` - a grid of runs.
 * ``medi2i train --config FILE [key=value ...] [--out RUN_DIR]`` - train (G-only, G+R, G+D or
   G+R+D); ``medi2i train --resume RUN_DIR`` continues a run exactly. Under
   ``torchrun --nproc_per_node=N -m medi2i train ...`` it trains with DDP.
@@ -101,7 +102,7 @@ def _settings_from_args(cls: type, args: argparse.Namespace):
     return cls(**values)
 
 
-def _load_config(path: str | None, overrides: Sequence[str]):
+def _load_config(path: str | Sequence[str] | None, overrides: Sequence[str]):
     from medi2i.config import ConfigError, load_config
 
     try:
@@ -248,6 +249,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from medi2i.config import ConfigError
+    from medi2i.training.sweep import sweep
+
+    try:
+        result = sweep(args.config, args.set, out=args.out, overrides=args.overrides)
+    except ConfigError as exc:
+        raise UserError(str(exc)) from exc
+    print(f"sweep: {len(result.finished)} finished, {len(result.failed)} failed")
+    for run_dir, reason in result.failed:
+        print(f"  FAILED {run_dir}: {reason}")
+    return 1 if result.failed else 0
+
+
 # ---------------------------------------------------------------------------------------------
 # parser
 # ---------------------------------------------------------------------------------------------
@@ -290,7 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(check)
     check.add_argument("root", nargs="?", help="dataset root (folder layout)")
-    check.add_argument("--config", help="YAML config whose data section describes the dataset")
+    check.add_argument(
+        "--config", action="append", help="YAML config whose data section describes the dataset"
+    )
     check.add_argument(
         "--split",
         action="append",
@@ -307,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_cmds = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     show = config_cmds.add_parser("show", help="print the fully resolved config")
     _add_common(show)
-    show.add_argument("--config", help="YAML config (default: all defaults)")
+    show.add_argument("--config", action="append", help="YAML config (repeatable: merged in order)")
     show.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     show.set_defaults(func=_cmd_config_show)
 
@@ -315,7 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
         "model-summary", help="parameter counts and output shapes of G, R and D"
     )
     _add_common(summary)
-    summary.add_argument("--config", help="YAML config (default: all defaults)")
+    summary.add_argument(
+        "--config", action="append", help="YAML config (repeatable: merged in order)"
+    )
     summary.add_argument("--size", type=int, default=256, help="square input size (px)")
     summary.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     summary.set_defaults(func=_cmd_model_summary)
@@ -327,11 +346,42 @@ def build_parser() -> argparse.ArgumentParser:
         "TensorBoard and CSV/JSONL logs and sample grids to the run directory.",
     )
     _add_common(trn)
-    trn.add_argument("--config", help="YAML config (default: all defaults + overrides)")
+    trn.add_argument(
+        "--config",
+        action="append",
+        help="YAML config (repeatable: merged in order, e.g. an experiment plus "
+        "configs/experiments/cpu.yaml); default: all defaults + overrides",
+    )
     trn.add_argument("--out", help="run directory (default: train.out_dir/<time>-<mode>)")
     trn.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last.pt")
     trn.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     trn.set_defaults(func=_cmd_train)
+
+    swp = commands.add_parser(
+        "sweep",
+        help="train a small grid of configs sequentially",
+        description="Train every combination of the --set values into OUT/<key>=<value>...",
+    )
+    _add_common(swp)
+    swp.add_argument("config", nargs="+", help="YAML config file(s), merged in order")
+    swp.add_argument(
+        "--set",
+        action="append",
+        required=True,
+        metavar="KEY=V1,V2",
+        help="a grid axis (repeatable)",
+    )
+    swp.add_argument("--out", required=True, help="parent folder of the runs")
+    swp.add_argument(
+        "-o",
+        "--override",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fixed override for every run (repeatable)",
+    )
+    swp.set_defaults(func=_cmd_sweep)
     return parser
 
 

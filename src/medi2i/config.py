@@ -644,11 +644,15 @@ def build_config(
         raise ConfigError(_format_errors(exc, all_origins)) from None
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Load a YAML config file (following ``base:``), apply overrides and validate.
+def load_config(
+    path: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    overrides: Sequence[str] = (),
+) -> Config:
+    """Load YAML config file(s) (each following its ``base:``), apply overrides and validate.
 
     Args:
-        path: the YAML file; ``None`` starts from the defaults.
+        path: the YAML file, or several merged in order (later files win, e.g. an experiment
+            plus a CPU-sized overlay); ``None`` starts from the defaults.
         overrides: ``section.key=value`` strings (command line), applied last.
 
     Returns:
@@ -658,11 +662,14 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
         ConfigError: unreadable/invalid YAML, unknown keys, wrong types or ranges - all listed,
             each with its file and line (or the override text) and a suggestion where possible.
     """
+    paths = [] if path is None else [path] if isinstance(path, (str, os.PathLike)) else path
     data: dict = {}
     origins: dict[tuple[str, ...], Origin] = {}
-    if path is not None:
-        data, origins = _read_yaml_tree(Path(path))
-        log.debug("read config %s (%d keys)", path, len(origins))
+    for one in paths:
+        file_data, file_origins = _read_yaml_tree(Path(one))
+        data = _deep_merge(data, file_data)
+        origins.update(file_origins)
+        log.debug("read config %s (%d keys)", one, len(file_origins))
     cfg = build_config(data, overrides, origins=origins)
     if overrides:
         log.info("config overrides: %s", " ".join(overrides))

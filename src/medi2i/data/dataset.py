@@ -328,6 +328,14 @@ class PairedImageDataset(Dataset):
         self.has_aligned_target = has_aligned == {True} or self.misalign is not None
         self._cache: list[_Loaded | None] = [None] * len(self.records)
         self._check_and_cache(cache)
+        if crop_size is not None:
+            small = [
+                f"{rec.name}: {h}x{w} is smaller than data.crop_size {crop_size}"
+                for rec, (h, w) in zip(self.records, self._shapes)
+                if h < crop_size or w < crop_size
+            ]
+            if small:
+                raise DatasetError(f"split {self.records[0].split!r}", small)
 
     def __len__(self) -> int:
         return len(self.records)
