@@ -9,6 +9,8 @@ Commands available now:
 * ``medi2i model-summary [--config FILE] [--size N] [key=value ...]`` - parameter counts and
   output shapes of G, R and D.
 * ``medi2i sweep FILE... --set key=v1,v2 [--set ...] --out DIR`` - a grid of runs.
+* ``medi2i compare RUN_DIR... --out report.html`` - self-contained comparison report.
+* ``medi2i diagnose RUN_DIR [--baseline G_ONLY_RUN]`` - "why didn't D help?" with evidence.
 * ``medi2i train --config FILE [key=value ...] [--out RUN_DIR]`` - train (G-only, G+R, G+D or
   G+R+D); ``medi2i train --resume RUN_DIR`` continues a run exactly. Under
   ``torchrun --nproc_per_node=N -m medi2i train ...`` it trains with DDP.
@@ -263,6 +265,40 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from medi2i.evaluation.compare import compare_runs
+
+    try:
+        result = compare_runs(
+            args.runs,
+            args.out,
+            data_root=args.data_root,
+            crops=args.crops,
+            crop_size=args.crop_size,
+            device=args.device,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from exc
+    print(f"report: {result['html']} (and {result['markdown']})")
+    for note in result.get("notes", []):
+        print(f"  note: {note}")
+    return 0
+
+
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    from medi2i.evaluation.diagnose import diagnose_run, format_diagnosis
+
+    try:
+        diagnosis = diagnose_run(args.run, baseline=args.baseline, last_epochs=args.last_epochs)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from exc
+    if args.json:
+        print(json.dumps(diagnosis.to_dict(), indent=2))
+    else:
+        print(format_diagnosis(diagnosis))
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # parser
 # ---------------------------------------------------------------------------------------------
@@ -382,6 +418,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="fixed override for every run (repeatable)",
     )
     swp.set_defaults(func=_cmd_sweep)
+
+    cmp_ = commands.add_parser(
+        "compare",
+        help="one self-contained HTML (+ Markdown) report comparing runs",
+        description="Final metrics with the identity baseline, curves over epochs (validation, "
+        "D_real vs D_fake, loss composition, gradient norms and clip rates, learning rates) "
+        "and the same validation crops from every run's EMA generator, side by side.",
+    )
+    _add_common(cmp_)
+    cmp_.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories")
+    cmp_.add_argument("--out", required=True, help="the HTML file to write (report.md beside)")
+    cmp_.add_argument("--data-root", help="dataset root for the crops (default: the runs')")
+    cmp_.add_argument("--crops", type=int, default=3, help="validation crops shown")
+    cmp_.add_argument("--crop-size", type=int, default=96, help="crop side in pixels")
+    cmp_.add_argument("--device", default="cpu", help="where the generators run")
+    cmp_.set_defaults(func=_cmd_compare)
+
+    diag = commands.add_parser(
+        "diagnose",
+        help="apply the user's decision rules to a run's logs: why didn't D help?",
+    )
+    _add_common(diag)
+    diag.add_argument("run", metavar="RUN_DIR", help="the run to diagnose")
+    diag.add_argument(
+        "--baseline",
+        metavar="G_ONLY_RUN",
+        help="an ablation without D (same data and budget) to compare with",
+    )
+    diag.add_argument("--last-epochs", type=int, default=3, help="epochs the rules look at")
+    diag.add_argument("--json", action="store_true", help="machine-readable output")
+    diag.set_defaults(func=_cmd_diagnose)
     return parser
 
 

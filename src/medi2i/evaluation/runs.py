@@ -1,0 +1,378 @@
+"""Read a training run directory back: its config, summary, test metrics and metric logs.
+
+A run directory is what :func:`medi2i.training.trainer.train` writes::
+
+    RUN_DIR/config.yaml             resolved config
+    RUN_DIR/summary.json            mode, epochs, steps, best {metric, value, epoch}, wall_seconds
+    RUN_DIR/test_metrics.json       EMA model and identity-baseline means on the test split
+    RUN_DIR/metrics/epochs.jsonl    one JSON object per epoch (train_* means, val_*, lr_*)
+    RUN_DIR/metrics/steps.jsonl     one JSON object per logged step
+    RUN_DIR/checkpoints/best.pt     (and last.pt)
+
+Only one of ``config.yaml``, ``summary.json`` or ``metrics/epochs.jsonl`` is needed for a
+directory to count as a run (an interrupted run has no summary yet; a synthetic one may have no
+checkpoint); every other file is optional and its absence is recorded, not fatal. JSON ``null``
+(how the trainer writes non-finite numbers) is read as NaN. A truncated last line of a JSONL
+file (a run killed mid-write) is skipped with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RunRecord", "cfg_get", "load_run", "run_label", "run_mode"]
+
+#: Files whose presence makes a directory a run directory (at least one is needed).
+_RUN_MARKERS = ("config.yaml", "summary.json", "metrics/epochs.jsonl")
+
+
+def cfg_get(config: dict, dotted: str, default: Any = None) -> Any:
+    """A value of a nested config dict by dotted key (``"loss.gan_weight"``), or ``default``."""
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def run_mode(config: dict, summary: dict | None = None) -> str:
+    """``G``, ``G+R``, ``G+D`` or ``G+R+D``: from the summary when it says, else the config."""
+    if summary and isinstance(summary.get("mode"), str):
+        return summary["mode"]
+    mode = "G"
+    if cfg_get(config, "model.R.enabled", False):
+        mode += "+R"
+    if cfg_get(config, "model.D.enabled", False):
+        mode += "+D"
+    return mode
+
+
+def run_label(config: dict, summary: dict | None = None) -> str:
+    """A short description of what was trained, e.g. ``"G+D fm=2.0 gan=1.0"``.
+
+    The loss weights are shown only when D is on (they mean nothing without it); an R1 penalty
+    is shown when it is on.
+    """
+    mode = run_mode(config, summary)
+    if "D" not in mode.split("+"):
+        return mode
+    parts = [mode]
+    fm = cfg_get(config, "loss.feat_match_weight")
+    gan = cfg_get(config, "loss.gan_weight")
+    if fm is not None:
+        parts.append(f"fm={float(fm)}")
+    if gan is not None:
+        parts.append(f"gan={float(gan)}")
+    r1 = cfg_get(config, "loss.r1_weight")
+    if r1:
+        parts.append(f"r1={float(r1)}")
+    return " ".join(parts)
+
+
+def _nan_for_none(obj: Any) -> Any:
+    """JSON ``null`` -> NaN, recursively (the trainer writes non-finite numbers as null)."""
+    if obj is None:
+        return math.nan
+    if isinstance(obj, dict):
+        return {k: _nan_for_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nan_for_none(v) for v in obj]
+    return obj
+
+
+def _read_json(path: Path, problems: list[str]) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        problems.append(f"{path.name}: unreadable ({exc})")
+        log.warning("%s: unreadable JSON (%s); ignored", path, exc)
+        return {}
+    if not isinstance(data, dict):
+        problems.append(f"{path.name}: not a JSON object")
+        return {}
+    return data
+
+
+def _read_jsonl(path: Path, problems: list[str]) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows: list[dict] = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            problems.append(f"{path.name} line {number}: not JSON ({exc})")
+            log.warning("%s line %d: not JSON (%s); skipped", path, number, exc)
+            continue
+        if isinstance(row, dict):
+            rows.append(_nan_for_none(row))
+    return rows
+
+
+def _read_yaml(path: Path, problems: list[str]) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        problems.append(f"{path.name}: unreadable ({exc})")
+        log.warning("%s: unreadable YAML (%s); ignored", path, exc)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+@dataclass
+class RunRecord:
+    """Everything a run directory records, read back as plain Python data.
+
+    Attributes:
+        path: the run directory.
+        name: the directory's name (unique handle in reports).
+        label: what was trained, e.g. ``"G+D fm=2.0 gan=1.0"`` (see :func:`run_label`).
+        mode: ``G``, ``G+R``, ``G+D`` or ``G+R+D``.
+        config: the resolved config as a nested dict (``{}`` when ``config.yaml`` is missing).
+        summary: ``summary.json`` (``{}`` when missing, e.g. an interrupted run).
+        test_metrics: ``test_metrics.json``, else the summary's ``test`` entry, else ``{}``.
+        epochs: rows of ``metrics/epochs.jsonl`` (NaN for null values).
+        steps: rows of ``metrics/steps.jsonl``.
+        problems: unreadable files or lines that were skipped.
+    """
+
+    path: Path
+    name: str
+    label: str
+    mode: str
+    config: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    test_metrics: dict = field(default_factory=dict)
+    epochs: list[dict] = field(default_factory=list)
+    steps: list[dict] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    # ---------------------------------------------------------------- what was trained
+
+    @property
+    def has_D(self) -> bool:
+        """Whether the run trained a discriminator."""
+        return "D" in self.mode.split("+")
+
+    @property
+    def has_R(self) -> bool:
+        """Whether the run trained a registration network."""
+        return "R" in self.mode.split("+")
+
+    def cfg(self, dotted: str, default: Any = None) -> Any:
+        """A config value by dotted key (see :func:`cfg_get`)."""
+        return cfg_get(self.config, dotted, default)
+
+    @property
+    def gan_mode(self) -> str:
+        """``lsgan``, ``hinge`` or ``bce`` (default ``lsgan``, the trainer's default)."""
+        return str(self.cfg("loss.gan_mode", "lsgan"))
+
+    @property
+    def has_checkpoint(self) -> bool:
+        """Whether ``checkpoints/best.pt`` or ``checkpoints/last.pt`` exists."""
+        ckpt = self.path / "checkpoints"
+        return (ckpt / "best.pt").is_file() or (ckpt / "last.pt").is_file()
+
+    # ---------------------------------------------------------------- progress
+
+    @property
+    def epochs_done(self) -> int:
+        """Number of finished epochs (from the epoch log, else the summary)."""
+        if self.epochs:
+            return int(max(e.get("epoch", 0) for e in self.epochs))
+        return int(self.summary.get("epochs", 0) or 0)
+
+    @property
+    def steps_per_epoch(self) -> float | None:
+        """Optimiser steps per epoch (config, else summary steps / epochs), None if unknown."""
+        spe = _finite(self.cfg("train.steps_per_epoch"))
+        if spe and spe > 0:
+            return spe
+        steps, epochs = _finite(self.summary.get("steps")), _finite(self.summary.get("epochs"))
+        if steps and epochs:
+            return steps / epochs
+        return None
+
+    @property
+    def best(self) -> dict:
+        """``{"metric", "value", "epoch"}`` of the best checkpoint (summary, else epoch log)."""
+        best = self.summary.get("best")
+        if isinstance(best, dict) and best.get("epoch") is not None:
+            return dict(best)
+        if self.epochs and "best_epoch" in self.epochs[-1]:
+            last = self.epochs[-1]
+            return {
+                "metric": self.cfg("eval.best_metric", "psnr_mask"),
+                "value": last.get("best_value", math.nan),
+                "epoch": last.get("best_epoch"),
+            }
+        return {}
+
+    @property
+    def wall_seconds(self) -> float | None:
+        """Training wall time (summary, else the sum of epoch times), None if unknown."""
+        wall = _finite(self.summary.get("wall_seconds"))
+        if wall is not None:
+            return wall
+        times = [_finite(e.get("epoch_seconds")) for e in self.epochs]
+        times = [t for t in times if t is not None]
+        return float(sum(times)) if times else None
+
+    # ---------------------------------------------------------------- metrics
+
+    def series(self, key: str, *, source: str = "epochs") -> tuple[np.ndarray, np.ndarray]:
+        """``(x, y)`` of one logged value, rows lacking it skipped.
+
+        Args:
+            key: the log key (``val_psnr_mask``, ``train_D_real`` in the epoch log; ``D_real``,
+                ``lr_G`` in the step log).
+            source: ``epochs`` (x = epoch number) or ``steps`` (x = fractional epoch,
+                step / steps-per-epoch, or the step number when that is unknown).
+
+        Returns:
+            Two float arrays of equal length (possibly empty); y may hold NaN.
+        """
+        if source == "epochs":
+            rows, xkey = self.epochs, "epoch"
+        elif source == "steps":
+            rows, xkey = self.steps, "step"
+        else:
+            raise ValueError(f"source must be 'epochs' or 'steps', got {source!r}")
+        pairs = [
+            (float(r[xkey]), float(v))
+            for r in rows
+            if xkey in r and (v := _finite_or_nan(r.get(key))) is not None
+        ]
+        if not pairs:
+            return np.zeros(0), np.zeros(0)
+        x, y = (np.asarray(v, dtype=np.float64) for v in zip(*pairs))
+        if source == "steps" and self.steps_per_epoch:
+            x = x / self.steps_per_epoch
+        return x, y
+
+    def has_key(self, key: str, *, source: str = "epochs") -> bool:
+        """Whether any row of the log has a finite value for ``key``."""
+        _, y = self.series(key, source=source)
+        return bool(np.isfinite(y).any())
+
+    def final_metrics(self) -> tuple[dict[str, float], str]:
+        """The run's final metrics and where they come from.
+
+        Returns:
+            ``(metrics, source)``: the test split's EMA metrics (``source`` = ``"test"``) when
+            the run was tested, else the last epoch's validation metrics with the ``val_``
+            prefix removed (``"val, epoch N"``), else ``({}, "none")``.
+        """
+        model = self.test_metrics.get("model")
+        if isinstance(model, dict) and model:
+            return {k: float(v) for k, v in _nan_for_none(model).items()}, "test"
+        for row in reversed(self.epochs):
+            vals = {k[4:]: float(v) for k, v in row.items() if k.startswith("val_")}
+            if vals:
+                return vals, f"val, epoch {int(row.get('epoch', 0))}"
+        return {}, "none"
+
+    def val_metrics(self, epoch: int | None = None) -> dict[str, float]:
+        """Validation metrics (``val_`` prefix removed) of ``epoch`` (default: the last one)."""
+        for row in reversed(self.epochs):
+            if epoch is not None and int(row.get("epoch", -1)) != epoch:
+                continue
+            vals = {k[4:]: float(v) for k, v in row.items() if k.startswith("val_")}
+            if vals:
+                return vals
+        return {}
+
+    def identity_metrics(self) -> dict[str, float] | None:
+        """The identity baseline (input taken as the prediction) on the test split, if known."""
+        ident = self.test_metrics.get("identity")
+        if isinstance(ident, dict) and ident:
+            return {k: float(v) for k, v in _nan_for_none(ident).items()}
+        return None
+
+
+def _finite_or_nan(value: Any) -> float | None:
+    """A number (NaN allowed) or None when the value is absent or not numeric."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def load_run(run_dir: str | Path) -> RunRecord:
+    """Read a run directory.
+
+    Args:
+        run_dir: a directory written by the trainer.
+
+    Returns:
+        The run's record; missing optional files leave their fields empty.
+
+    Raises:
+        ValueError: ``run_dir`` is not a directory, or holds none of ``config.yaml``,
+            ``summary.json``, ``metrics/epochs.jsonl``.
+    """
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise ValueError(f"{path}: not a directory (expected a training run directory)")
+    if not any((path / marker).is_file() for marker in _RUN_MARKERS):
+        raise ValueError(
+            f"{path}: not a run directory (expected at least one of {', '.join(_RUN_MARKERS)})"
+        )
+    problems: list[str] = []
+    config = _read_yaml(path / "config.yaml", problems)
+    summary = _read_json(path / "summary.json", problems)
+    test_metrics = _read_json(path / "test_metrics.json", problems)
+    if not test_metrics and isinstance(summary.get("test"), dict):
+        test_metrics = summary["test"]
+    epochs = _read_jsonl(path / "metrics" / "epochs.jsonl", problems)
+    steps = _read_jsonl(path / "metrics" / "steps.jsonl", problems)
+    record = RunRecord(
+        path=path,
+        name=path.resolve().name or str(path),
+        label=run_label(config, summary),
+        mode=run_mode(config, summary),
+        config=config,
+        summary=summary,
+        test_metrics=test_metrics,
+        epochs=epochs,
+        steps=steps,
+        problems=problems,
+    )
+    log.debug(
+        "run %s: %s, %d epochs, %d step rows, test=%s",
+        record.name,
+        record.label,
+        len(epochs),
+        len(steps),
+        bool(test_metrics),
+    )
+    return record
