@@ -11,6 +11,9 @@ Commands available now:
 * ``medi2i sweep FILE... --set key=v1,v2 [--set ...] --out DIR`` - a grid of runs.
 * ``medi2i compare RUN_DIR... --out report.html`` - self-contained comparison report.
 * ``medi2i diagnose RUN_DIR [--baseline G_ONLY_RUN]`` - "why didn't D help?" with evidence.
+* ``medi2i evaluate --run RUN_DIR [--data ROOT] [--split test] [--tta ...]`` - metrics.
+* ``medi2i predict --run RUN_DIR --input PATH... --output DIR`` - outputs like the inputs.
+* ``medi2i export --run RUN_DIR --out g.pt`` - TorchScript (or ONNX) with metadata.
 * ``medi2i train --config FILE [key=value ...] [--out RUN_DIR]`` - train (G-only, G+R, G+D or
   G+R+D); ``medi2i train --resume RUN_DIR`` continues a run exactly. Under
   ``torchrun --nproc_per_node=N -m medi2i train ...`` it trains with DDP.
@@ -299,6 +302,119 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predictor(args: argparse.Namespace):
+    from medi2i.inference import Predictor
+
+    source = args.run or args.checkpoint
+    if not source:
+        raise UserError("give --run RUN_DIR or --checkpoint FILE")
+    try:
+        return Predictor.from_run(
+            source,
+            weights=args.weights,
+            device=args.device,
+            tta=args.tta,
+            tile=getattr(args, "tile", None),
+            overlap=getattr(args, "overlap", 0.25),
+            batch_size=args.batch,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from exc
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from medi2i.data.dataset import DatasetError
+    from medi2i.evaluation.evaluate import evaluate_split, format_table
+
+    predictor = _predictor(args)
+    source = Path(args.run or args.checkpoint)
+    out = (
+        Path(args.out)
+        if args.out
+        else ((source if source.is_dir() else source.parent.parent) / f"eval_{args.split}")
+    )
+    try:
+        summary = evaluate_split(
+            predictor,
+            out_dir=out,
+            split=args.split,
+            data_root=args.data,
+            bootstrap=args.bootstrap,
+            progress=not args.no_progress,
+        )
+    except (DatasetError, ValueError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from exc
+    print(format_table(summary))
+    print(f"written: {out / 'metrics.csv'}, {out / 'summary.json'}, {out / 'worst_cases.png'}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from medi2i.inference import predict_paths
+
+    predictor = _predictor(args)
+    try:
+        summary = predict_paths(
+            predictor,
+            args.input,
+            args.output,
+            slice_index=args.slice_index,
+            progress=not args.no_progress,
+            overwrite=args.overwrite,
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    for path, reason in summary.failed:
+        print(f"FAILED {path}: {reason}", file=sys.stderr)
+    print(summary.line())
+    return summary.exit_code
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from medi2i.inference import ExportError, export_generator
+
+    source = args.run or args.checkpoint
+    if not source:
+        raise UserError("give --run RUN_DIR or --checkpoint FILE")
+    try:
+        path = export_generator(
+            source,
+            args.out,
+            format=args.format,
+            weights=args.weights,
+            example_size=args.example_size,
+        )
+    except (ExportError, ValueError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from exc
+    print(f"exported {args.format} to {path} (metadata: {path}.json)")
+    return 0
+
+
+def _add_model_source(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--run", help="run directory (its best.pt, else last.pt)")
+    group.add_argument("--checkpoint", help="a checkpoint file")
+    parser.add_argument(
+        "--weights",
+        choices=["ema", "online"],
+        default="ema",
+        help="EMA (default: what validation selected by) or online weights",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+
+
+def _add_inference_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tta",
+        nargs="+",
+        metavar="NAME",
+        help="test-time augmentation: identity hflip vflip shift (averaged); hflip alters "
+        "chest anatomy (heart side)",
+    )
+    parser.add_argument("--batch", type=int, default=4, help="images per forward pass")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 # ---------------------------------------------------------------------------------------------
 # parser
 # ---------------------------------------------------------------------------------------------
@@ -449,6 +565,48 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument("--last-epochs", type=int, default=3, help="epochs the rules look at")
     diag.add_argument("--json", action="store_true", help="machine-readable output")
     diag.set_defaults(func=_cmd_diagnose)
+
+    ev = commands.add_parser(
+        "evaluate",
+        help="metrics of a trained G on a split, beside the identity baseline",
+        description="Per-image and aggregated metrics (mean, std, median, 95% bootstrap CI) "
+        "of the EMA (default) generator and of the identity baseline; writes metrics.csv, "
+        "summary.json and worst_cases.png.",
+    )
+    _add_common(ev)
+    _add_model_source(ev)
+    _add_inference_options(ev)
+    ev.add_argument("--data", help="dataset root (default: the run's data.root)")
+    ev.add_argument("--split", default="test", choices=["train", "val", "test"])
+    ev.add_argument("--out", help="output folder (default: RUN_DIR/eval_<split>)")
+    ev.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    pr = commands.add_parser(
+        "predict",
+        help="run a trained G on files or folders; outputs in the input's format",
+        description="DICOM, NIfTI, PNG8/16, TIFF, NPY in; each output written in its input's "
+        "format, geometry and value range under the same relative path. Bad files are "
+        "reported and skipped; the exit status is 1 if any failed.",
+    )
+    _add_common(pr)
+    _add_model_source(pr)
+    _add_inference_options(pr)
+    pr.add_argument("--input", nargs="+", required=True, help="files and/or folders")
+    pr.add_argument("--output", required=True, help="output folder (never an input folder)")
+    pr.add_argument("--tile", type=int, help="sliding-window tile size (px); default whole image")
+    pr.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction")
+    pr.add_argument("--slice-index", type=int, help="slice of 3D NIfTI/TIFF inputs")
+    pr.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    pr.set_defaults(func=_cmd_predict)
+
+    ex = commands.add_parser("export", help="export G to TorchScript (or ONNX)")
+    _add_common(ex)
+    _add_model_source(ex)
+    ex.add_argument("--out", required=True, help="output file (.pt or .onnx)")
+    ex.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
+    ex.add_argument("--example-size", type=int, default=256, help="trace/check input size")
+    ex.set_defaults(func=_cmd_export)
     return parser
 
 

@@ -1,0 +1,234 @@
+"""The Python prediction API: ``Predictor(...)(image)`` for notebooks and scripts.
+
+::
+
+    import medi2i
+    predictor = medi2i.Predictor.from_run("runs/exp1", tta=["identity", "vflip"])
+    soft_tissue = predictor(xray)          # (H, W) in the input's units -> same units
+
+A :class:`Predictor` wraps the generator G of a trained run (R and D are training aids) with
+the normalisation it was trained with: an image in stored/physical units is normalised with
+the window the checkpoint's normaliser gives for it, translated, and mapped back to the same
+units. Images of any size are accepted: whole (G pads internally to its size multiple) or, with
+``tile``, tile by tile with Gaussian-blended overlaps (:mod:`medi2i.inference.tiling`); an
+image is never resized. Optional test-time augmentation (:mod:`medi2i.inference.tta`)
+averages the predictions of several transformed copies.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from medi2i.data.normalization import Window
+from medi2i.inference.loading import LoadedGenerator, Weights, load_generator
+from medi2i.inference.tiling import check_tiling, tiled_apply
+from medi2i.inference.tta import TTATransform, parse_tta
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Predictor"]
+
+
+class Predictor:
+    """Translate images with a trained generator (under ``torch.no_grad``).
+
+    Args:
+        loaded: the generator with its config and normaliser (:func:`load_generator`).
+        tta: test-time augmentation names (``identity``, ``hflip``, ``vflip``, ``shift``,
+            see :func:`~medi2i.inference.tta.parse_tta`); ``None`` = plain prediction.
+        tile: tile side in pixels for sliding-window inference of images larger than it;
+            ``None`` = always whole-image.
+        overlap: overlap of neighbouring tiles, a fraction of the tile in ``[0, 1)``.
+        batch_size: images (TTA copies or tiles) per forward pass of G.
+        device: where to run G; ``None`` = where its parameters already are.
+
+    Raises:
+        ValueError: unknown TTA names, bad tiling settings or ``batch_size < 1``.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedGenerator,
+        *,
+        tta: Sequence[str] | None = None,
+        tile: int | None = None,
+        overlap: float = 0.25,
+        batch_size: int = 4,
+        device: str | torch.device | None = None,
+    ) -> None:
+        check_tiling(tile, overlap)
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.loaded = loaded
+        self.transforms: list[TTATransform] = parse_tta(tta)
+        self.tile = None if tile is None else int(tile)
+        self.overlap = float(overlap)
+        self.batch_size = int(batch_size)
+        generator = loaded.generator
+        if device is None:
+            param = next(generator.parameters(), None)
+            self.device = param.device if param is not None else torch.device("cpu")
+        else:
+            self.device = torch.device(device)
+            generator.to(self.device)
+        generator.eval()
+        self.generator = generator
+        self.normalizer = loaded.normalizer
+        ncfg = self.normalizer.cfg
+        if not ncfg.share_scale and ncfg.mode == "image_percentile":
+            log.warning(
+                "this model was trained with per-image target windows (normalization mode "
+                "'image_percentile', share_scale false): the target's window is unknown at "
+                "prediction time, so outputs are mapped back with the input's window"
+            )
+
+    @classmethod
+    def from_run(
+        cls,
+        run_or_checkpoint: str | Path,
+        *,
+        weights: Weights = "ema",
+        device: str | torch.device = "cpu",
+        **kwargs,
+    ) -> Predictor:
+        """Load a run directory (its best, else last checkpoint) or a checkpoint file.
+
+        Args:
+            run_or_checkpoint: run directory or ``.pt`` file.
+            weights: ``ema`` (default; what validation selected) or ``online``.
+            device: where to run G.
+            **kwargs: ``tta``, ``tile``, ``overlap``, ``batch_size`` (see the class).
+
+        Returns:
+            The predictor.
+
+        Raises:
+            FileNotFoundError: no checkpoint.
+            ValueError: bad settings or an unreadable checkpoint.
+        """
+        loaded = load_generator(run_or_checkpoint, weights=weights, device=device)
+        return cls(loaded, device=device, **kwargs)
+
+    # -- description -----------------------------------------------------------------------
+
+    @property
+    def tta_names(self) -> list[str]:
+        """Canonical names of the TTA transforms in use (``["identity"]`` without TTA)."""
+        return [t.name for t in self.transforms]
+
+    def describe(self) -> dict:
+        """Settings and provenance, for reports (JSON-serialisable)."""
+        return {
+            "checkpoint": str(self.loaded.checkpoint),
+            "weights": self.loaded.weights,
+            "epoch": self.loaded.epoch,
+            "tta": self.tta_names,
+            "tile": self.tile,
+            "overlap": self.overlap if self.tile is not None else None,
+            "device": str(self.device),
+            "normalization": self.normalizer.state_dict(),
+        }
+
+    # -- prediction ------------------------------------------------------------------------
+
+    def _run_generator(self, x: Tensor) -> Tensor:
+        """G on a batch, in chunks of ``batch_size``, tiled when asked."""
+        outputs = []
+        for chunk in torch.split(x, self.batch_size):
+            if self.tile is None:
+                outputs.append(self.generator(chunk))
+            else:
+                outputs.append(
+                    tiled_apply(
+                        self.generator,
+                        chunk,
+                        tile=self.tile,
+                        overlap=self.overlap,
+                        batch_size=self.batch_size,
+                    )
+                )
+        return torch.cat(outputs)
+
+    def predict_normalised(self, x: Tensor) -> Tensor:
+        """Predict images that are already in the network's range (e.g. dataset items).
+
+        With TTA, the transformed copies that keep the image's shape (flips) run together in
+        one batch; the output is the mean of the inverse-transformed predictions.
+
+        Args:
+            x: ``(N, 1, H, W)`` (or ``(1, H, W)``, ``(H, W)``) in the normaliser's
+                ``output_range``.
+
+        Returns:
+            The prediction, same shape as ``x``, float32, on ``x``'s device.
+
+        Raises:
+            ValueError: if ``x`` has another number of dims.
+        """
+        if x.ndim not in (2, 3, 4):
+            raise ValueError(
+                f"predict_normalised expects (N, 1, H, W), (1, H, W) or (H, W), got "
+                f"{tuple(x.shape)}"
+            )
+        shape = x.shape
+        batch = x.reshape((-1, 1, *shape[-2:])) if x.ndim < 4 else x
+        with torch.no_grad():
+            inp = batch.to(self.device, dtype=torch.float32)
+            transformed = [t.forward(inp) for t in self.transforms]
+            # group the copies by shape, so flips of one image share a forward pass
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for i, tx in enumerate(transformed):
+                groups.setdefault(tuple(tx.shape), []).append(i)
+            total = torch.zeros_like(inp)
+            for members in groups.values():
+                out = self._run_generator(torch.cat([transformed[i] for i in members]))
+                for i, part in zip(members, torch.split(out, inp.shape[0])):
+                    total += self.transforms[i].inverse(part).float()
+            result = total / len(self.transforms)
+        return result.reshape(shape).to(x.device)
+
+    def window_for(
+        self, image: np.ndarray, stored_dtype: str = "float32", source: str = ""
+    ) -> Window:
+        """The normalisation window of ``image`` (see :meth:`Normalizer.window_for`)."""
+        return self.normalizer.window_for(image, stored_dtype, source)
+
+    def __call__(
+        self, image: np.ndarray, *, stored_dtype: str = "float32", source: str = ""
+    ) -> np.ndarray:
+        """Translate one image given in stored/physical units.
+
+        Args:
+            image: ``(H, W)`` array in the units :func:`medi2i.data.io.read_image` returns
+                (grey levels, HU, ...).
+            stored_dtype: the file's stored type, needed by ``dtype`` normalisation (e.g.
+                ``"uint16"`` for a 16-bit PNG; ``image.dtype`` when it is an integer array).
+            source: a name for error messages.
+
+        Returns:
+            ``(H, W)`` float32 prediction in the same units.
+
+        Raises:
+            ValueError: not a 2D finite image, or no window can be computed for it.
+        """
+        array = np.asarray(image)
+        if array.ndim != 2:
+            raise ValueError(
+                f"{source or 'image'}: expected a 2D (H, W) image, got shape {array.shape}"
+            )
+        if array.dtype.kind in "iu" and stored_dtype == "float32":
+            stored_dtype = array.dtype.name
+        array = array.astype(np.float32, copy=False)
+        if not np.isfinite(array).all():
+            raise ValueError(f"{source or 'image'}: contains NaN or infinite values")
+        window = self.window_for(array, stored_dtype, source)
+        x = torch.from_numpy(np.ascontiguousarray(self.normalizer.forward(array, window)))
+        y = self.predict_normalised(x[None, None])[0, 0]
+        out = self.normalizer.inverse(y.cpu().numpy().astype(np.float64), window)
+        return np.asarray(out, dtype=np.float32)

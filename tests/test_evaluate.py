@@ -1,0 +1,176 @@
+"""Evaluation of a split: per-image metrics for model and identity, summary with bootstrap CIs,
+worst-case grid, table."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medi2i.config import load_config
+from medi2i.data.io import write_png
+from medi2i.evaluation.evaluate import (
+    METRIC_COLUMNS,
+    bootstrap_ci,
+    evaluate_split,
+    format_table,
+)
+from medi2i.inference import Predictor, load_generator
+from medi2i.training.trainer import train
+
+SIZE = 32
+N_TEST = 4
+
+
+def _pair(rng: np.random.Generator):
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    soft = 0.3 + 0.2 * np.sin(6 * xx + rng.uniform(0, 6)) * np.cos(5 * yy)
+    bone = 0.25 * (np.sin(20 * yy + rng.uniform(0, 6)) > 0.6)
+    mask = (np.abs(xx - 0.5) < 0.3) & (np.abs(yy - 0.5) < 0.35)
+    to16 = lambda a: np.round(np.clip(a, 0, 1) * 65535).astype(np.uint16)  # noqa: E731
+    # the "measured" target is shifted by a pixel; the aligned one is the truth
+    return (
+        to16(soft + bone),
+        to16(np.roll(soft, 1, axis=1)),
+        to16(soft),
+        (mask * 255).astype(np.uint8),
+    )
+
+
+def _write_split(root: Path, split: str, n: int, rng, *, aligned: bool) -> None:
+    for i in range(n):
+        x, y, y_aligned, m = _pair(rng)
+        write_png(root / split / "input" / f"{i:03d}.png", x)
+        write_png(root / split / "target" / f"{i:03d}.png", y)
+        write_png(root / split / "mask" / f"{i:03d}.png", m)
+        if aligned:
+            write_png(root / split / "aligned" / f"{i:03d}.png", y_aligned)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    rng = np.random.default_rng(0)
+    train_root = tmp_path_factory.mktemp("train_data")
+    _write_split(train_root, "train", 4, rng, aligned=False)
+    _write_split(train_root, "val", 2, rng, aligned=False)
+    _write_split(train_root, "test", N_TEST, rng, aligned=False)
+    eval_root = tmp_path_factory.mktemp("eval_data")
+    _write_split(eval_root, "test", N_TEST, rng, aligned=True)
+    return {"train": train_root, "eval": eval_root}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(data, tmp_path_factory) -> Path:
+    cfg = load_config(
+        None,
+        [
+            f"data.root={data['train']}",
+            "data.normalization.mode=dtype",
+            "data.batch_size=2",
+            "model.G.preset=small",
+            "model.G.base_channels=8",
+            "model.G.channel_mults=[1,2]",
+            "model.G.res_blocks=1",
+            "model.G.attention=false",
+            "model.G.residual_output=true",
+            "model.R.enabled=false",
+            "model.D.enabled=false",
+            "train.device=cpu",
+            "train.epochs=1",
+            "train.steps_per_epoch=2",
+            "logging.progress=false",
+            "logging.tensorboard=false",
+            "eval.sample_count=0",
+            "eval.test_at_end=false",
+        ],
+    )
+    run = tmp_path_factory.mktemp("run")
+    train(cfg, out=str(run))
+    return run
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_run, data, tmp_path_factory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("eval")
+    predictor = Predictor.from_run(tiny_run, tta=["identity", "vflip"])
+    summary = evaluate_split(
+        predictor, out_dir=out, data_root=data["eval"], bootstrap=200, worst_k=3, progress=False
+    )
+    return summary, out
+
+
+def test_evaluate_writes_reports_with_identity_rows(evaluated):
+    summary, out = evaluated
+    with (out / "metrics.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 * N_TEST
+    assert [r["method"] for r in rows[:2]] == ["model", "identity"]
+    assert {r["name"] for r in rows} == {f"{i:03d}" for i in range(N_TEST)}
+    assert list(rows[0])[2:] == list(METRIC_COLUMNS)
+    identity = [r for r in rows if r["method"] == "identity"]
+    assert all(float(r["bsr"]) == 0.0 for r in identity)  # the input removes no bone
+
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["reference"] == summary["reference"] == "aligned_target"
+    assert saved["images"] == N_TEST and saved["split"] == "test"
+    assert saved["tta"] == ["identity", "vflip"] and saved["weights"] == "ema"
+    assert saved["checkpoint"].endswith("best.pt")
+    assert saved["bootstrap"]["resamples"] == 200
+    for method in ("model", "identity"):
+        for metric, stats in saved["methods"][method].items():
+            if stats["mean"] is None:
+                continue
+            assert stats["ci_low"] <= stats["mean"] <= stats["ci_high"], (method, metric)
+            assert stats["n"] + stats["n_not_finite"] == N_TEST
+    psnr = saved["methods"]["identity"]["psnr"]
+    assert psnr["mean"] == pytest.approx(np.mean([float(r["psnr"]) for r in identity]), rel=1e-5)
+    delta = saved["model_minus_identity"]["psnr"]
+    assert delta["mean"] == pytest.approx(
+        saved["methods"]["model"]["psnr"]["mean"] - psnr["mean"], rel=1e-5, abs=1e-4
+    )
+
+    # worst cases: the 3 lowest model lung PSNRs, sorted, one grid row each, 4 columns
+    worst = saved["worst_cases"]
+    model_psnr = sorted(float(r["psnr_mask"]) for r in rows if r["method"] == "model")
+    assert [w["psnr_mask"] for w in worst] == pytest.approx(model_psnr[:3], rel=1e-4)
+    grid = np.asarray(Image.open(out / "worst_cases.png"))
+    assert grid.ndim == 3 and grid.shape[2] == 3
+    assert grid.shape[1] > 4 * SIZE and grid.shape[0] > 3 * SIZE
+
+
+def test_format_table(evaluated):
+    summary, _ = evaluated
+    table = format_table(summary)
+    lines = table.splitlines()
+    assert "aligned_target" in lines[0] and "identity, vflip" in lines[0]
+    assert lines[1].split()[:5] == ["metric", "better", "model", "identity", "model"]
+    assert any(line.startswith("psnr_mask") for line in lines)
+    assert any(line.startswith("blur_effect") for line in lines)
+
+
+def test_evaluate_reference_is_target_without_aligned(tiny_run, tmp_path):
+    loaded = load_generator(tiny_run)  # a LoadedGenerator works too (plain prediction)
+    summary = evaluate_split(loaded, out_dir=tmp_path, bootstrap=50, worst_k=0, progress=False)
+    assert summary["reference"] == "target" and summary["tta"] == ["identity"]
+    assert not (tmp_path / "worst_cases.png").exists()
+    assert (tmp_path / "metrics.csv").is_file() and (tmp_path / "summary.json").is_file()
+
+
+def test_bootstrap_ci():
+    rng = np.random.default_rng(5)
+    values = rng.normal(10.0, 2.0, size=50)
+    low, high = bootstrap_ci(values, resamples=500, rng=np.random.default_rng(1))
+    assert low <= values.mean() <= high
+    assert (low, high) == bootstrap_ci(values, resamples=500, rng=np.random.default_rng(1))
+    # about +-1.96 standard errors
+    se = values.std(ddof=1) / math.sqrt(values.size)
+    assert high - low == pytest.approx(2 * 1.96 * se, rel=0.25)
+    assert bootstrap_ci(np.full(7, 0.1)) == (pytest.approx(0.1), pytest.approx(0.1))
+    assert bootstrap_ci([3.0]) == (3.0, 3.0)
+    with pytest.raises(ValueError):
+        bootstrap_ci([])

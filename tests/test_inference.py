@@ -1,0 +1,414 @@
+"""Prediction: TTA, tiling, the Predictor API, file/folder prediction and export."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
+from torch import nn
+
+from medi2i.config import Config, NormalizationConfig, load_config
+from medi2i.data.io import read_image, write_png
+from medi2i.data.normalization import Normalizer
+from medi2i.inference import (
+    ExportError,
+    LoadedGenerator,
+    Predictor,
+    export_generator,
+    load_generator,
+    parse_tta,
+    predict_paths,
+)
+from medi2i.inference.export import EXPORT_TOLERANCE, metadata_path
+from medi2i.inference.tiling import tiled_apply
+from medi2i.training.trainer import train
+
+SIZE = 32
+
+
+# --------------------------------------------------------------------------------------------
+# fixtures
+# --------------------------------------------------------------------------------------------
+
+
+def _pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    soft = 0.3 + 0.2 * np.sin(6 * xx + rng.uniform(0, 6)) * np.cos(5 * yy)
+    bone = 0.25 * (np.sin(20 * yy + rng.uniform(0, 6)) > 0.6)
+    mask = (np.abs(xx - 0.5) < 0.3) & (np.abs(yy - 0.5) < 0.35)
+    to16 = lambda a: np.round(np.clip(a, 0, 1) * 65535).astype(np.uint16)  # noqa: E731
+    return to16(soft + bone), to16(soft), (mask * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A G-only run with a tiny G (8/16 channels), trained 1 epoch x 2 steps."""
+    root = tmp_path_factory.mktemp("pairs")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("val", 2)):
+        for i in range(n):
+            x, y, m = _pair(rng)
+            write_png(root / split / "input" / f"{i:03d}.png", x)
+            write_png(root / split / "target" / f"{i:03d}.png", y)
+            write_png(root / split / "mask" / f"{i:03d}.png", m)
+    cfg = load_config(
+        None,
+        [
+            f"data.root={root}",
+            "data.normalization.mode=dtype",
+            "data.batch_size=2",
+            "model.G.preset=small",
+            "model.G.base_channels=8",
+            "model.G.channel_mults=[1,2]",
+            "model.G.res_blocks=1",
+            "model.G.attention=false",
+            "model.G.residual_output=true",
+            "model.R.enabled=false",
+            "model.D.enabled=false",
+            "train.device=cpu",
+            "train.epochs=1",
+            "train.steps_per_epoch=2",
+            "logging.progress=false",
+            "logging.tensorboard=false",
+            "eval.sample_count=0",
+            "eval.test_at_end=false",
+        ],
+    )
+    run = tmp_path_factory.mktemp("run")
+    train(cfg, out=str(run))
+    return run
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_run) -> LoadedGenerator:
+    return load_generator(tiny_run)
+
+
+class Identity(nn.Module):
+    """A 'generator' that returns its input (multiplied by 1 so the output is a new tensor)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append(tuple(x.shape))
+        return x * 1.0
+
+
+def identity_loaded(**norm) -> LoadedGenerator:
+    ncfg = NormalizationConfig(**(norm or {"mode": "fixed", "window": (0.0, 65535.0)}))
+    return LoadedGenerator(
+        generator=Identity(),
+        config=Config(),
+        normalizer=Normalizer(ncfg),
+        checkpoint=Path("identity.pt"),
+        weights="ema",
+        epoch=None,
+    )
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def make_dicom(path: Path, stored: np.ndarray) -> Path:
+    """A minimal 16-bit MONOCHROME2 DX DICOM file."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientID = "P001"
+    ds.Modality = "DX"
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.PixelData = stored.astype(np.uint16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(str(path), enforce_file_format=True)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# TTA
+# --------------------------------------------------------------------------------------------
+
+
+def test_tta_transforms_invert_exactly():
+    x = torch.rand(2, 1, 23, 31)
+    transforms = parse_tta(["identity", "vflip", "hflip", "shift", "shift:3", "shift:-1:2"])
+    names = [t.name for t in transforms]
+    assert names == [
+        "identity",
+        "vflip",
+        "hflip",
+        "shift:2:2",
+        "shift:-2:-2",
+        "shift:3:3",
+        "shift:-3:-3",
+        "shift:-1:2",
+    ]
+    for t in transforms:
+        fx = t.forward(x)
+        dy, dx = t.shift
+        assert fx.shape[-2:] == (23 + abs(dy), 31 + abs(dx))
+        assert torch.equal(t.inverse(fx), x), t.name
+    # a shift by (+2, +2) moves the content down-right, with reflected pixels in front
+    shifted = parse_tta("shift:2:2")[0].forward(x)
+    assert torch.equal(shifted[..., 2:, 2:], x)
+    assert torch.equal(shifted[..., 0, 2:], x[..., 2, :])
+
+
+def test_tta_parse_errors_and_default():
+    assert [t.name for t in parse_tta(None)] == ["identity"]
+    assert [t.name for t in parse_tta([])] == ["identity"]
+    with pytest.raises(ValueError, match="unknown TTA transform 'rot90'"):
+        parse_tta(["rot90"])
+    with pytest.raises(ValueError, match="zero shift"):
+        parse_tta(["shift:0"])
+    with pytest.raises(ValueError, match="larger"):
+        parse_tta(["shift:40"])[0].forward(torch.rand(1, 1, 16, 16))
+
+
+def test_hflip_warns_once(caplog):
+    with caplog.at_level(logging.WARNING, logger="medi2i.inference.tta"):
+        Predictor(identity_loaded(), tta=["identity", "hflip", "hflip"])
+    warnings = [r for r in caplog.records if "hflip" in r.getMessage()]
+    assert len(warnings) == 1 and "anatomy" in warnings[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="medi2i.inference.tta"):
+        Predictor(identity_loaded(), tta=["identity", "vflip", "shift"])
+    assert not caplog.records
+
+
+def test_identity_tta_equals_plain_prediction(loaded):
+    x = torch.rand(3, 1, 37, 29)
+    with torch.no_grad():
+        plain = loaded.generator(x)
+    assert torch.equal(Predictor(loaded).predict_normalised(x), plain)
+    assert torch.equal(Predictor(loaded, tta=["identity"]).predict_normalised(x), plain)
+
+
+def test_tta_average_on_an_equivariant_net():
+    """For the identity net every transform gives back the input, so does the average."""
+    x = torch.rand(2, 1, 20, 24)
+    predictor = Predictor(identity_loaded(), tta=["identity", "vflip", "hflip", "shift"])
+    assert torch.allclose(predictor.predict_normalised(x), x, atol=1e-6)
+
+
+def test_tta_is_the_mean_of_inverse_transformed_outputs(loaded):
+    x = torch.rand(1, 1, 32, 40)
+    g = loaded.generator
+    with torch.no_grad():
+        expected = (g(x) + g(x.flip(-2)).flip(-2)) / 2
+    got = Predictor(loaded, tta=["identity", "vflip"]).predict_normalised(x)
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# tiling
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(100, 70), (20, 20), (20, 100), (33, 32)])
+def test_tiling_identity_net_is_exact_and_never_resizes(shape):
+    loaded_id = identity_loaded()
+    x = torch.rand(2, 1, *shape)
+    out = Predictor(loaded_id, tile=32, overlap=0.25).predict_normalised(x)
+    assert out.shape == x.shape
+    assert torch.allclose(out, x, atol=1e-6)
+    calls = loaded_id.generator.calls
+    assert calls and all(h <= 32 and w <= 32 for _, _, h, w in calls)
+    if max(shape) <= 32:  # fits in one tile: predicted whole
+        assert calls == [(2, 1, *shape)]
+
+
+def test_tiling_close_to_whole_image_for_a_conv_net():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, 1, 3, padding=1))
+    x = torch.rand(1, 1, 100, 70)
+    with torch.no_grad():
+        whole = net(x)
+        for overlap in (0.25, 0.5):
+            tiled = tiled_apply(net, x, tile=32, overlap=overlap)
+            diff = (tiled - whole).abs()
+            assert tiled.shape == whole.shape
+            assert float(diff.mean()) < 1e-3 and float(diff.max()) < 0.02, overlap
+
+
+def test_tiled_generator_runs_at_any_size(loaded):
+    predictor = Predictor(loaded, tile=16, overlap=0.5, batch_size=3)
+    for shape in ((45, 37), (12, 50), (8, 8)):
+        x = torch.rand(1, 1, *shape)
+        assert predictor.predict_normalised(x).shape == x.shape
+
+
+def test_bad_tiling_settings():
+    with pytest.raises(ValueError, match="overlap"):
+        Predictor(identity_loaded(), tile=32, overlap=1.0)
+    with pytest.raises(ValueError, match="tile"):
+        Predictor(identity_loaded(), tile=4)
+
+
+# --------------------------------------------------------------------------------------------
+# Predictor: units
+# --------------------------------------------------------------------------------------------
+
+
+def test_predictor_returns_the_input_units_fixed_window():
+    image = np.random.default_rng(0).integers(0, 65536, size=(21, 34)).astype(np.uint16)
+    out = Predictor(identity_loaded())(image)
+    assert out.dtype == np.float32 and out.shape == image.shape
+    np.testing.assert_allclose(out, image, atol=0.02)
+
+
+def test_predictor_returns_the_input_units_dtype_mode_minus1_1():
+    image = np.random.default_rng(1).integers(0, 256, size=(16, 18)).astype(np.uint8)
+    predictor = Predictor(identity_loaded(mode="dtype", output_range=(-1.0, 1.0)))
+    np.testing.assert_allclose(predictor(image), image, atol=1e-4)
+    with pytest.raises(ValueError, match="dtype"):
+        predictor(image.astype(np.float32), stored_dtype="float32")
+
+
+def test_predictor_image_percentile_window_is_per_image():
+    rng = np.random.default_rng(2)
+    predictor = Predictor(identity_loaded(mode="image_percentile", percentiles=(0.0, 100.0)))
+    for lo, hi in ((-1000.0, 1000.0), (0.0, 5.0)):
+        image = rng.uniform(lo, hi, size=(20, 20)).astype(np.float32)
+        np.testing.assert_allclose(predictor(image), image, atol=1e-5 * (hi - lo))
+
+
+def test_predictor_from_run_keeps_size(tiny_run):
+    predictor = Predictor.from_run(tiny_run, tta=["identity", "vflip"])
+    image = np.random.default_rng(3).integers(0, 65536, size=(45, 37)).astype(np.uint16)
+    out = predictor(image)
+    assert out.shape == (45, 37) and out.dtype == np.float32 and np.isfinite(out).all()
+    assert predictor.describe()["tta"] == ["identity", "vflip"]
+    with pytest.raises(ValueError, match="2D"):
+        predictor(np.zeros((2, 8, 8)))
+
+
+# --------------------------------------------------------------------------------------------
+# predict_paths
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def mixed_folder(tmp_path) -> Path:
+    folder = tmp_path / "in"
+    rng = np.random.default_rng(4)
+    make_dicom(folder / "chest.dcm", rng.integers(0, 4096, size=(40, 36)).astype(np.uint16))
+    write_png(folder / "sub" / "xray.png", rng.integers(0, 65536, size=(33, 30)).astype(np.uint16))
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_predict_folder_mixing_dicom_png_and_corrupt(loaded, mixed_folder, tmp_path, caplog):
+    before = {p: sha256(p) for p in mixed_folder.rglob("*") if p.is_file()}
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO, logger="medi2i.inference.predict"):
+        summary = predict_paths(Predictor(loaded), [mixed_folder], out, progress=False)
+    assert sorted(p.relative_to(out).as_posix() for p in summary.ok) == [
+        "chest.dcm",
+        "sub/xray.png",
+    ]
+    assert len(summary.failed) == 1 and summary.exit_code == 1
+    bad, reason = summary.failed[0]
+    assert bad.name == "broken.png" and reason
+    assert any(
+        "broken.png" in r.getMessage() and "failed" in r.getMessage() for r in caplog.records
+    )
+    assert "1 failed" in summary.line()
+    # DICOM: DERIVED, new UIDs, same geometry
+    src = pydicom.dcmread(mixed_folder / "chest.dcm")
+    dst = pydicom.dcmread(out / "chest.dcm")
+    assert dst.ImageType[0] == "DERIVED"
+    assert dst.SOPInstanceUID != src.SOPInstanceUID
+    assert dst.SeriesInstanceUID != src.SeriesInstanceUID
+    assert dst.pixel_array.shape == src.pixel_array.shape
+    # PNG: 16-bit, same shape
+    png, meta = read_image(out / "sub" / "xray.png")
+    assert meta.format == "png" and meta.stored_dtype == "uint16" and png.shape == (33, 30)
+    # inputs untouched, nothing written next to them
+    assert {p: sha256(p) for p in mixed_folder.rglob("*") if p.is_file()} == before
+
+
+def test_predict_refuses_output_equal_to_or_inside_input(loaded, mixed_folder):
+    predictor = Predictor(loaded)
+    for out in (mixed_folder, mixed_folder / "sub", mixed_folder / "new"):
+        with pytest.raises(ValueError, match="input folder"):
+            predict_paths(predictor, [mixed_folder], out, progress=False)
+    with pytest.raises(ValueError, match="holds the input"):
+        predict_paths(predictor, [mixed_folder / "chest.dcm"], mixed_folder, progress=False)
+    assert not (mixed_folder / "new").exists()
+
+
+def test_predict_single_files_skip_existing_and_overwrite(loaded, mixed_folder, tmp_path):
+    predictor = Predictor(loaded)
+    out = tmp_path / "single"
+    files = [mixed_folder / "sub" / "xray.png", mixed_folder / "chest.dcm"]
+    first = predict_paths(predictor, files, out, progress=False)
+    assert [p.name for p in first.ok] == ["xray.png", "chest.dcm"] and not first.failed
+    assert first.exit_code == 0
+    stamp = (out / "xray.png").stat().st_mtime_ns
+    second = predict_paths(predictor, files, out, progress=False)
+    assert not second.ok and len(second.skipped) == 2
+    assert (out / "xray.png").stat().st_mtime_ns == stamp
+    third = predict_paths(predictor, files[:1], out, progress=False, overwrite=True)
+    assert [p.name for p in third.ok] == ["xray.png"]
+    missing = predict_paths(predictor, [tmp_path / "nope.png"], out, progress=False)
+    assert missing.failed and "not found" in missing.failed[0][1]
+
+
+def test_predict_refuses_colliding_outputs(loaded, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in (a, b):
+        write_png(folder / "x.png", np.zeros((8, 8), np.uint16))
+    with pytest.raises(ValueError, match="same output"):
+        predict_paths(Predictor(loaded), [a, b], tmp_path / "out", progress=False)
+
+
+# --------------------------------------------------------------------------------------------
+# export
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_export_torchscript_matches_eager(tiny_run, loaded, tmp_path):
+    path = export_generator(tiny_run, tmp_path / "g.ts", example_size=32)
+    model = torch.jit.load(str(path))
+    for shape in ((1, 1, 32, 32), (2, 1, 45, 37), (1, 1, 3, 5)):
+        x = torch.rand(shape)
+        with torch.no_grad():
+            assert (model(x) - loaded.generator(x)).abs().max() <= EXPORT_TOLERANCE, shape
+    meta = json.loads(metadata_path(path).read_text())
+    assert meta["check"]["max_abs_diff"] <= EXPORT_TOLERANCE
+    assert meta["normalization"]["config"]["mode"] == "dtype"
+    assert meta["weights"] == "ema" and meta["config"]["model"]["G"]["base_channels"] == 8
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnx") is not None, reason="onnx is installed")
+def test_export_onnx_without_onnx_is_a_clear_error(tiny_run, tmp_path):
+    with pytest.raises(ExportError, match="pip install onnx"):
+        export_generator(tiny_run, tmp_path / "g.onnx", format="onnx")
+    assert not (tmp_path / "g.onnx").exists()
