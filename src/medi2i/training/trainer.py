@@ -408,7 +408,7 @@ class Trainer:
                     f"max_nonfinite_steps={self.cfg.train.max_nonfinite_steps}); stopping. "
                     "Lower the learning rates, check the data for NaNs, or use amp: off."
                 )
-            stats = {k: v for k, v in stats.items() if not k.startswith(("loss_", "w_", "share"))}
+            stats = {}  # a skipped step's numbers are not finite: keep them out of the means
         self.scaler.update()
         with warnings.catch_warnings():
             # a skipped first step trips torch's "scheduler before optimizer" warning; the
