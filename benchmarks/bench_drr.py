@@ -14,20 +14,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import logging
-import os
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
+from _common import machine_info, write_report
 from medi2i.data.drr import DRRSettings, generate_benchmark
-from medi2i.utils.atomic import atomic_write_text
 
 logger = logging.getLogger("medi2i.benchmarks.drr")
 
@@ -57,19 +50,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def machine_info() -> dict[str, object]:
-    """Describe the machine and library versions the timing was taken on."""
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": sys.version.split()[0],
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "numpy": np.__version__,
-    }
-
-
 def run(count: int, size: int, seed: int, out_dir: Path) -> dict[str, object]:
     """Generate one benchmark and time it.
 
@@ -83,6 +63,7 @@ def run(count: int, size: int, seed: int, out_dir: Path) -> dict[str, object]:
         The timing record.
     """
     settings = DRRSettings(size=size, count=count, seed=seed)
+    machine = machine_info()  # before the run, which would load the CPU itself
     start = time.perf_counter()
     summary = generate_benchmark(out_dir, settings)
     seconds = time.perf_counter() - start
@@ -97,7 +78,7 @@ def run(count: int, size: int, seed: int, out_dir: Path) -> dict[str, object]:
         "ms_per_pair_excluding_setup": round(
             1000.0 * (seconds - summary["timing"]["setup_seconds"]) / count, 2
         ),
-        "machine": machine_info(),
+        "machine": machine,
         "medi2i_version": summary["medi2i_version"],
         "settings": summary["settings"],
     }
@@ -120,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="medi2i-bench-drr-") as tmp:
             record = run(args.count, args.size, args.seed, Path(tmp) / "bench")
     out_json = Path(args.out_json)
-    atomic_write_text(out_json, json.dumps(record, indent=2) + "\n")
+    write_report(out_json, record)
     print(
         f"{record['count']} pairs of {record['size']}x{record['size']} in "
         f"{record['seconds']:.1f} s ({record['pairs_per_second']:.2f} pairs/s) -> {out_json}"

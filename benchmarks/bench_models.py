@@ -15,18 +15,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
-import os
-import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from _common import machine_info, sync, write_report
 from medi2i.config import DiscriminatorConfig, GeneratorConfig, RegistrationConfig
 from medi2i.models import (
     build_discriminator,
@@ -39,11 +36,6 @@ from medi2i.models import (
 logger = logging.getLogger("bench_models")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time(
     steps: dict[str, Callable[[], None]], warmup: int, iters: int, device: torch.device
 ) -> dict[str, list[float]]:
@@ -51,39 +43,15 @@ def _time(
     for _ in range(warmup):
         for step in steps.values():
             step()
-    _sync(device)
+    sync(device)
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(iters):
         for name, step in steps.items():
             start = time.perf_counter()
             step()
-            _sync(device)
+            sync(device)
             times[name].append(time.perf_counter() - start)
     return times
-
-
-def _machine(device: torch.device) -> dict:
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "device": str(device),
-    }
-    if hasattr(os, "getloadavg"):  # other processes sharing the CPU inflate the times
-        info["load_average_1min_at_start"] = round(os.getloadavg()[0], 2)
-    try:  # the CPU model name, where Linux exposes it
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -135,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "benchmark": "models forward+backward",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": _machine(device),
+        "machine": machine_info(device),
         "size": args.size,
         "batch": args.batch,
         "warmup": args.warmup,
@@ -149,8 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds_per_iter": {name: statistics.median(t) for name, t in times.items()},
         "all_seconds": times,
     }
-    args.out_json.parent.mkdir(parents=True, exist_ok=True)
-    args.out_json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_report(args.out_json, report)
     print(
         f"G({args.preset})+R+D forward+backward, {args.batch}x1x{args.size}x{args.size} on "
         f"{device}: {report['seconds_per_iter']['G+R+D']:.3f} s/iter "

@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
-import os
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from _common import machine_info, sync, write_report
 from medi2i.data.dataset import build_dataset
 from medi2i.evaluation.baseline import reference_key
 from medi2i.evaluation.metrics import compute_metrics
@@ -44,28 +41,6 @@ TTA_SETS: dict[str, list[str]] = {
     "identity+hflip+vflip": ["identity", "hflip", "vflip"],
 }
 METRICS = ("psnr", "ssim", "hfen", "gmsd")
-
-
-def _machine(device: torch.device) -> dict:
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "device": str(device),
-    }
-    if hasattr(os, "getloadavg"):  # other processes sharing the CPU inflate the times
-        info["load_average_1min_at_start"] = round(os.getloadavg()[0], 2)
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -112,10 +87,10 @@ def main(argv: list[str] | None = None) -> dict:
         x = item["input"][None]
         ref, mask = item[reference][None], item["mask"][None]
         for name, predictor in predictors.items():
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             pred = predictor.predict_normalised(x)
-            _sync(device)
+            sync(device)
             seconds[name].append(time.perf_counter() - start)
             values = compute_metrics(
                 pred.cpu(), ref, data_range=data_range, mask=mask, include=METRICS
@@ -149,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "benchmark": "test-time augmentation cost and gain",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": _machine(device),
+        "machine": machine_info(device),
         "run": str(loaded.checkpoint),
         "weights": loaded.weights,
         "epoch": loaded.epoch,
@@ -162,8 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
         "batch_size": args.batch,
         "sets": sets,
     }
-    args.out_json.parent.mkdir(parents=True, exist_ok=True)
-    args.out_json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_report(args.out_json, report)
 
     print(f"TTA on {n} {args.split} images of {args.data} ({loaded.checkpoint}), vs {reference}")
     print(

@@ -16,65 +16,29 @@ import numpy as np
 import pytest
 import yaml
 
-from medi2i.config import load_config
-from medi2i.data.io import write_png
 from medi2i.evaluation.compare import _densest_window, _pick_crops, _resolve_data, compare_runs
 from medi2i.evaluation.runs import load_run
 from medi2i.training.trainer import train
+from tinydata import tiny_config, write_pairs
 
-SIZE = 32
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
-    soft = 0.3 + 0.2 * np.sin(6 * xx + rng.uniform(0, 6)) * np.cos(5 * yy)
-    bone = 0.25 * (np.sin(20 * yy + rng.uniform(0, 6)) > 0.6)
-    mask = (np.abs(xx - 0.5) < 0.3) & (np.abs(yy - 0.5) < 0.35)
-
-    def to16(a: np.ndarray) -> np.ndarray:
-        return np.round(np.clip(a, 0, 1) * 65535).astype(np.uint16)
-
-    return to16(soft + bone), to16(soft), (mask * 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
 def dataset_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pairs")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 4), ("val", 3), ("test", 2)):
-        for i in range(n):
-            x, y, m = _pair(rng)
-            write_png(root / split / "input" / f"{i:03d}.png", x)
-            write_png(root / split / "target" / f"{i:03d}.png", y)
-            write_png(root / split / "mask" / f"{i:03d}.png", m)
-    return root
+    return write_pairs(root, {"train": 4, "val": 3, "test": 2}, np.random.default_rng(0))
 
 
 def _tiny_cfg(root: Path, *overrides: str):
-    return load_config(
-        None,
-        [
-            f"data.root={root}",
-            "data.normalization.mode=dtype",
-            "data.batch_size=2",
-            "model.G.preset=small",
-            "model.G.base_channels=8",
-            "model.G.channel_mults=[1,2]",
-            "model.G.res_blocks=1",
-            "model.G.attention=false",
-            "model.D.base_channels=8",
-            "model.D.num_scales=1",
-            "model.D.n_layers=2",
-            "train.device=cpu",
-            "train.steps_per_epoch=2",
-            "train.ema_decay=0.9",
-            "logging.log_every=1",
-            "logging.progress=false",
-            "logging.tensorboard=false",
-            "eval.sample_count=1",
-            *overrides,
-        ],
+    return tiny_config(
+        root,
+        "model.G.residual_output=false",  # these runs use the plain (non-residual) small G
+        "train.steps_per_epoch=2",
+        "train.ema_decay=0.9",
+        "logging.tensorboard=false",
+        "eval.sample_count=1",
+        *overrides,
     )
 
 

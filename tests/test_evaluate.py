@@ -12,8 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medi2i.config import load_config
-from medi2i.data.io import write_png
 from medi2i.evaluation.evaluate import (
     METRIC_COLUMNS,
     bootstrap_ci,
@@ -21,77 +19,30 @@ from medi2i.evaluation.evaluate import (
     format_table,
 )
 from medi2i.inference import Predictor, load_generator
-from medi2i.training.trainer import train
+from tinydata import SIZE, train_tiny_g_only, write_pairs
 
-SIZE = 32
 N_TEST = 4
-
-
-def _pair(rng: np.random.Generator):
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
-    soft = 0.3 + 0.2 * np.sin(6 * xx + rng.uniform(0, 6)) * np.cos(5 * yy)
-    bone = 0.25 * (np.sin(20 * yy + rng.uniform(0, 6)) > 0.6)
-    mask = (np.abs(xx - 0.5) < 0.3) & (np.abs(yy - 0.5) < 0.35)
-    to16 = lambda a: np.round(np.clip(a, 0, 1) * 65535).astype(np.uint16)  # noqa: E731
-    # the "measured" target is shifted by a pixel; the aligned one is the truth
-    return (
-        to16(soft + bone),
-        to16(np.roll(soft, 1, axis=1)),
-        to16(soft),
-        (mask * 255).astype(np.uint8),
-    )
-
-
-def _write_split(root: Path, split: str, n: int, rng, *, aligned: bool) -> None:
-    for i in range(n):
-        x, y, y_aligned, m = _pair(rng)
-        write_png(root / split / "input" / f"{i:03d}.png", x)
-        write_png(root / split / "target" / f"{i:03d}.png", y)
-        write_png(root / split / "mask" / f"{i:03d}.png", m)
-        if aligned:
-            write_png(root / split / "aligned" / f"{i:03d}.png", y_aligned)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, Path]:
+    """Pairs whose "measured" target is shifted by a pixel; ``eval`` also has the aligned truth."""
     rng = np.random.default_rng(0)
-    train_root = tmp_path_factory.mktemp("train_data")
-    _write_split(train_root, "train", 4, rng, aligned=False)
-    _write_split(train_root, "val", 2, rng, aligned=False)
-    _write_split(train_root, "test", N_TEST, rng, aligned=False)
-    eval_root = tmp_path_factory.mktemp("eval_data")
-    _write_split(eval_root, "test", N_TEST, rng, aligned=True)
+    train_root = write_pairs(
+        tmp_path_factory.mktemp("train_data"),
+        {"train": 4, "val": 2, "test": N_TEST},
+        rng,
+        target_shift=1,
+    )
+    eval_root = write_pairs(
+        tmp_path_factory.mktemp("eval_data"), {"test": N_TEST}, rng, aligned=True, target_shift=1
+    )
     return {"train": train_root, "eval": eval_root}
 
 
 @pytest.fixture(scope="module")
 def tiny_run(data, tmp_path_factory) -> Path:
-    cfg = load_config(
-        None,
-        [
-            f"data.root={data['train']}",
-            "data.normalization.mode=dtype",
-            "data.batch_size=2",
-            "model.G.preset=small",
-            "model.G.base_channels=8",
-            "model.G.channel_mults=[1,2]",
-            "model.G.res_blocks=1",
-            "model.G.attention=false",
-            "model.G.residual_output=true",
-            "model.R.enabled=false",
-            "model.D.enabled=false",
-            "train.device=cpu",
-            "train.epochs=1",
-            "train.steps_per_epoch=2",
-            "logging.progress=false",
-            "logging.tensorboard=false",
-            "eval.sample_count=0",
-            "eval.test_at_end=false",
-        ],
-    )
-    run = tmp_path_factory.mktemp("run")
-    train(cfg, out=str(run))
-    return run
+    return train_tiny_g_only(data["train"], tmp_path_factory.mktemp("run"))
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 from torch import nn
 
-from medi2i.config import Config, NormalizationConfig, load_config
+from medi2i.config import Config, NormalizationConfig
 from medi2i.data.io import read_image, write_png
 from medi2i.data.normalization import Normalizer
 from medi2i.inference import (
@@ -30,62 +30,19 @@ from medi2i.inference import (
 )
 from medi2i.inference.export import EXPORT_TOLERANCE, metadata_path
 from medi2i.inference.tiling import tiled_apply
-from medi2i.training.trainer import train
-
-SIZE = 32
-
+from tinydata import train_tiny_g_only, write_pairs
 
 # --------------------------------------------------------------------------------------------
 # fixtures
 # --------------------------------------------------------------------------------------------
 
 
-def _pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
-    soft = 0.3 + 0.2 * np.sin(6 * xx + rng.uniform(0, 6)) * np.cos(5 * yy)
-    bone = 0.25 * (np.sin(20 * yy + rng.uniform(0, 6)) > 0.6)
-    mask = (np.abs(xx - 0.5) < 0.3) & (np.abs(yy - 0.5) < 0.35)
-    to16 = lambda a: np.round(np.clip(a, 0, 1) * 65535).astype(np.uint16)  # noqa: E731
-    return to16(soft + bone), to16(soft), (mask * 255).astype(np.uint8)
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     """A G-only run with a tiny G (8/16 channels), trained 1 epoch x 2 steps."""
     root = tmp_path_factory.mktemp("pairs")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 4), ("val", 2)):
-        for i in range(n):
-            x, y, m = _pair(rng)
-            write_png(root / split / "input" / f"{i:03d}.png", x)
-            write_png(root / split / "target" / f"{i:03d}.png", y)
-            write_png(root / split / "mask" / f"{i:03d}.png", m)
-    cfg = load_config(
-        None,
-        [
-            f"data.root={root}",
-            "data.normalization.mode=dtype",
-            "data.batch_size=2",
-            "model.G.preset=small",
-            "model.G.base_channels=8",
-            "model.G.channel_mults=[1,2]",
-            "model.G.res_blocks=1",
-            "model.G.attention=false",
-            "model.G.residual_output=true",
-            "model.R.enabled=false",
-            "model.D.enabled=false",
-            "train.device=cpu",
-            "train.epochs=1",
-            "train.steps_per_epoch=2",
-            "logging.progress=false",
-            "logging.tensorboard=false",
-            "eval.sample_count=0",
-            "eval.test_at_end=false",
-        ],
-    )
-    run = tmp_path_factory.mktemp("run")
-    train(cfg, out=str(run))
-    return run
+    write_pairs(root, {"train": 4, "val": 2}, np.random.default_rng(0))
+    return train_tiny_g_only(root, tmp_path_factory.mktemp("run"))
 
 
 @pytest.fixture(scope="module")

@@ -16,65 +16,27 @@ import pytest
 import torch
 
 from medi2i.config import load_config
-from medi2i.data.io import write_png
 from medi2i.training.checkpoints import load_checkpoint
 from medi2i.training.distributed import DistContext
 from medi2i.training.trainer import Trainer, TrainingError, train
-
-SIZE = 32
-
-
-def _pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
-    soft = 0.3 + 0.2 * np.sin(6 * xx + rng.uniform(0, 6)) * np.cos(5 * yy)
-    bone = 0.25 * (np.sin(20 * yy + rng.uniform(0, 6)) > 0.6)
-    mask = (np.abs(xx - 0.5) < 0.3) & (np.abs(yy - 0.5) < 0.35)
-    to16 = lambda a: np.round(np.clip(a, 0, 1) * 65535).astype(np.uint16)  # noqa: E731
-    return to16(soft + bone), to16(soft), (mask * 255).astype(np.uint8)
+from tinydata import TINY_NETS, tiny_config, write_pairs
 
 
 @pytest.fixture(scope="module")
 def dataset_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pairs")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 8), ("val", 3), ("test", 3)):
-        for i in range(n):
-            x, y, m = _pair(rng)
-            write_png(root / split / "input" / f"{i:03d}.png", x)
-            write_png(root / split / "target" / f"{i:03d}.png", y)
-            write_png(root / split / "mask" / f"{i:03d}.png", m)
-    return root
-
-
-#: A tiny G (8/16 channels) and D that train in well under a second per step.
-TINY_NETS = [
-    "data.normalization.mode=dtype",
-    "data.batch_size=2",
-    "model.G.preset=small",
-    "model.G.base_channels=8",
-    "model.G.channel_mults=[1,2]",
-    "model.G.res_blocks=1",
-    "model.G.attention=false",
-    "model.G.residual_output=true",
-    "model.D.base_channels=8",
-    "model.D.num_scales=1",
-    "model.D.n_layers=2",
-    "train.device=cpu",
-    "logging.log_every=1",
-    "logging.progress=false",
-]
+    return write_pairs(root, {"train": 8, "val": 3, "test": 3}, np.random.default_rng(0))
 
 
 def tiny_cfg(root: Path, *overrides: str):
-    base = [
-        f"data.root={root}",
-        *TINY_NETS,
+    return tiny_config(
+        root,
         "train.epochs=2",
         "train.steps_per_epoch=3",
         "train.ema_decay=0.9",
         "eval.sample_count=2",
-    ]
-    return load_config(None, [*base, *overrides])
+        *overrides,
+    )
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -23,7 +23,6 @@ import datetime as _dt
 import html
 import json
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +43,7 @@ from medi2i.evaluation.plots import (
     loss_composition_figure,
     validation_figure,
 )
-from medi2i.evaluation.runs import RunRecord, load_run
+from medi2i.evaluation.runs import RunRecord, finite_or_none, load_run
 from medi2i.utils.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -100,16 +99,8 @@ class _Figure:
 # --------------------------------------------------------------------------------------------
 
 
-def _num(value: Any) -> float | None:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
-
-
 def _fmt_metric(key: str, value: Any) -> str:
-    v = _num(value)
+    v = finite_or_none(value)
     if v is None:
         return "-"
     if key.startswith("psnr"):
@@ -134,7 +125,7 @@ def _best_text(run: RunRecord) -> str:
     best = run.best
     if not best or best.get("epoch") is None:
         return "-"
-    value = _num(best.get("value"))
+    value = finite_or_none(best.get("value"))
     metric = best.get("metric", "")
     shown = f" ({metric} {_fmt_metric(str(metric), value)})" if value is not None else ""
     return f"{int(best['epoch'])}{shown}"
@@ -175,7 +166,7 @@ def _metrics_rows(runs: Sequence[RunRecord]) -> tuple[list[dict], list[dict]]:
         ident = run.identity_metrics()
         if ident is None:
             continue
-        key = {k: round(v, 6) for k, v in ident.items() if _num(v) is not None}
+        key = {k: round(v, 6) for k, v in ident.items() if finite_or_none(v) is not None}
         if key in seen:
             identities[seen.index(key)]["runs"].append(run.name)
             continue
@@ -223,7 +214,7 @@ def _best_cells(rows: Sequence[dict]) -> dict[str, set[int]]:
     best: dict[str, set[int]] = {}
     for key, _, higher in TABLE_METRICS:
         for members in groups.values():
-            values = [(_num(rows[i]["metrics"].get(key)), i) for i in members]
+            values = [(finite_or_none(rows[i]["metrics"].get(key)), i) for i in members]
             values = [(v, i) for v, i in values if v is not None]
             if len(values) < 2:
                 continue

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from medi2i.evaluation.runs import RunRecord, load_run
+from medi2i.evaluation.runs import RunRecord, finite_or_none, load_run
 
 log = logging.getLogger(__name__)
 
@@ -193,14 +193,6 @@ class Diagnosis:
 # --------------------------------------------------------------------------------------------
 
 
-def _num(value: Any) -> float | None:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
-
-
 def _round(value: float | None, digits: int = 4) -> float | None:
     if value is None or not math.isfinite(value):
         return None
@@ -217,7 +209,7 @@ def _last_rows(run: RunRecord, n: int) -> list[dict]:
 
 def _mean_last(run: RunRecord, key: str, n: int) -> float | None:
     """Mean of the finite values of ``key`` over the last ``n`` epochs, None if none."""
-    values = [_num(r.get(key)) for r in _last_rows(run, n)]
+    values = [finite_or_none(r.get(key)) for r in _last_rows(run, n)]
     values = [v for v in values if v is not None]
     return float(np.mean(values)) if values else None
 
@@ -233,9 +225,9 @@ def _comparable(run: RunRecord, base: RunRecord) -> tuple[dict, dict, str]:
 
 def _metric(metrics: dict, name: str) -> float | None:
     """``name`` from a metrics dict, falling back to the whole-image value for ``*_mask``."""
-    value = _num(metrics.get(name))
+    value = finite_or_none(metrics.get(name))
     if value is None and name.endswith("_mask"):
-        value = _num(metrics.get(name[: -len("_mask")]))
+        value = finite_or_none(metrics.get(name[: -len("_mask")]))
     return value
 
 
@@ -366,7 +358,8 @@ def _ablation(run: RunRecord, base: RunRecord | None) -> tuple[str, dict[str, An
         evidence["config_differences"] = diffs
         shown = ", ".join(f"{k} ({_fmt(a)} vs {_fmt(b)})" for k, (a, b) in list(diffs.items())[:4])
         caveats.append(f"not a clean ablation, it also differs in {shown}")
-    run_steps, base_steps = _num(run.summary.get("steps")), _num(base.summary.get("steps"))
+    run_steps = finite_or_none(run.summary.get("steps"))
+    base_steps = finite_or_none(base.summary.get("steps"))
     if run_steps and base_steps and run_steps != base_steps:
         caveats.append(f"budgets differ ({run_steps:.0f} vs {base_steps:.0f} steps)")
     evidence["steps"] = [run_steps, base_steps]
@@ -399,8 +392,8 @@ def _rule_d_ineffective(run: RunRecord, base: RunRecord | None, n: int) -> Findi
     gaps = [
         abs(r - f)
         for row in _last_rows(run, n)
-        if (r := _num(row.get("train_D_real"))) is not None
-        and (f := _num(row.get("train_D_fake"))) is not None
+        if (r := finite_or_none(row.get("train_D_real"))) is not None
+        and (f := finite_or_none(row.get("train_D_fake"))) is not None
     ]
     gap = float(np.mean(gaps))
     acc = _mean_last(run, "train_D_acc", n)
@@ -470,8 +463,8 @@ def _weight_recommendations(run: RunRecord, n: int) -> tuple[str, dict[str, Any]
     """The GAN share of G's loss and weights that would bring it to :data:`GAN_SHARE_AIM`."""
     parts = {k: _mean_last(run, f"train_{k}", n) for k in ("w_recon", "w_gan", "w_fm", "w_smooth")}
     share = _mean_last(run, "train_share_gan", n)
-    gw = _num(run.cfg("loss.gan_weight"))
-    fw = _num(run.cfg("loss.feat_match_weight"))
+    gw = finite_or_none(run.cfg("loss.gan_weight"))
+    fw = finite_or_none(run.cfg("loss.feat_match_weight"))
     evidence: dict[str, Any] = {
         "share_gan_pct": _round(share),
         "share_fm_pct": _round(_mean_last(run, "train_share_fm", n)),
@@ -639,7 +632,8 @@ def _rule_d_clipping(run: RunRecord, n: int) -> Finding:
             f"Not applicable: this run has no discriminator ({run.mode}).",
             applicable=False,
         )
-    limit = _num(run.cfg("optim.D.grad_clip")) or _num(run.cfg("optim.grad_clip"))
+    limit = finite_or_none(run.cfg("optim.D.grad_clip"))
+    limit = limit or finite_or_none(run.cfg("optim.grad_clip"))
     rate = _mean_last(run, "train_clip_rate_D", n)
     if rate is None:
         return Finding(
@@ -654,7 +648,7 @@ def _rule_d_clipping(run: RunRecord, n: int) -> Finding:
     norm = _mean_last(run, "train_grad_norm_D", n)
     cut_when_fired = cut / rate if cut is not None and rate > 0 else None
     rate_g = _mean_last(run, "train_clip_rate_G", n)
-    r1 = _num(run.cfg("loss.r1_weight")) or 0.0
+    r1 = finite_or_none(run.cfg("loss.r1_weight")) or 0.0
     evidence: dict[str, Any] = {
         "clip_rate_D": _round(rate),
         "clip_rate_limit": CLIP_RATE_LIMIT,
@@ -723,7 +717,7 @@ def _progress(run: RunRecord, n: int) -> dict[str, Any]:
     slope = float(np.polyfit(x, y, 1)[0]) if x.size >= 2 and np.ptp(x) > 0 else None
     last = run.epochs_done
     best_epoch = run.best.get("epoch")
-    best_epoch = int(best_epoch) if _num(best_epoch) is not None else None
+    best_epoch = int(best_epoch) if finite_or_none(best_epoch) is not None else None
     return {
         "metric": key,
         "slope_db_per_epoch": _round(slope),

@@ -30,7 +30,7 @@ import yaml
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunRecord", "cfg_get", "load_run", "run_label", "run_mode"]
+__all__ = ["RunRecord", "cfg_get", "finite_or_none", "load_run", "run_label", "run_mode"]
 
 #: Files whose presence makes a directory a run directory (at least one is needed).
 _RUN_MARKERS = ("config.yaml", "summary.json", "metrics/epochs.jsonl")
@@ -137,7 +137,8 @@ def _read_yaml(path: Path, problems: list[str]) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _finite(value: Any) -> float | None:
+def finite_or_none(value: Any) -> float | None:
+    """``value`` as a finite float, or None when it is absent, not numeric, NaN or infinite."""
     try:
         out = float(value)
     except (TypeError, ValueError):
@@ -212,10 +213,11 @@ class RunRecord:
     @property
     def steps_per_epoch(self) -> float | None:
         """Optimiser steps per epoch (config, else summary steps / epochs), None if unknown."""
-        spe = _finite(self.cfg("train.steps_per_epoch"))
+        spe = finite_or_none(self.cfg("train.steps_per_epoch"))
         if spe and spe > 0:
             return spe
-        steps, epochs = _finite(self.summary.get("steps")), _finite(self.summary.get("epochs"))
+        steps = finite_or_none(self.summary.get("steps"))
+        epochs = finite_or_none(self.summary.get("epochs"))
         if steps and epochs:
             return steps / epochs
         return None
@@ -238,10 +240,10 @@ class RunRecord:
     @property
     def wall_seconds(self) -> float | None:
         """Training wall time (summary, else the sum of epoch times), None if unknown."""
-        wall = _finite(self.summary.get("wall_seconds"))
+        wall = finite_or_none(self.summary.get("wall_seconds"))
         if wall is not None:
             return wall
-        times = [_finite(e.get("epoch_seconds")) for e in self.epochs]
+        times = [finite_or_none(e.get("epoch_seconds")) for e in self.epochs]
         times = [t for t in times if t is not None]
         return float(sum(times)) if times else None
 
