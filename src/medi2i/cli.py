@@ -390,6 +390,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_config_args(parser: argparse.ArgumentParser, config_help: str) -> None:
+    """``--config`` (repeatable, merged in order) and trailing ``KEY=VALUE`` overrides."""
+    parser.add_argument("--config", action="append", help=config_help)
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+
+
 def _add_model_source(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--run", help="run directory (its best.pt, else last.pt)")
@@ -457,9 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(check)
     check.add_argument("root", nargs="?", help="dataset root (folder layout)")
-    check.add_argument(
-        "--config", action="append", help="YAML config whose data section describes the dataset"
-    )
+    _add_config_args(check, "YAML config whose data section describes the dataset")
     check.add_argument(
         "--split",
         action="append",
@@ -468,7 +472,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--no-baseline", action="store_true", help="skip the identity baseline")
     check.add_argument("--json", help="also write the report as JSON to this file")
-    check.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     check.set_defaults(func=_cmd_data_check)
 
     config = commands.add_parser("config", help="inspect configurations")
@@ -476,19 +479,15 @@ def build_parser() -> argparse.ArgumentParser:
     config_cmds = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     show = config_cmds.add_parser("show", help="print the fully resolved config")
     _add_common(show)
-    show.add_argument("--config", action="append", help="YAML config (repeatable: merged in order)")
-    show.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    _add_config_args(show, "YAML config (repeatable: merged in order)")
     show.set_defaults(func=_cmd_config_show)
 
     summary = commands.add_parser(
         "model-summary", help="parameter counts and output shapes of G, R and D"
     )
     _add_common(summary)
-    summary.add_argument(
-        "--config", action="append", help="YAML config (repeatable: merged in order)"
-    )
+    _add_config_args(summary, "YAML config (repeatable: merged in order)")
     summary.add_argument("--size", type=int, default=256, help="square input size (px)")
-    summary.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     summary.set_defaults(func=_cmd_model_summary)
 
     trn = commands.add_parser(
@@ -498,15 +497,13 @@ def build_parser() -> argparse.ArgumentParser:
         "TensorBoard and CSV/JSONL logs and sample grids to the run directory.",
     )
     _add_common(trn)
-    trn.add_argument(
-        "--config",
-        action="append",
-        help="YAML config (repeatable: merged in order, e.g. an experiment plus "
+    _add_config_args(
+        trn,
+        "YAML config (repeatable: merged in order, e.g. an experiment plus "
         "configs/experiments/cpu.yaml); default: all defaults + overrides",
     )
     trn.add_argument("--out", help="run directory (default: train.out_dir/<time>-<mode>)")
     trn.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last.pt")
-    trn.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     trn.set_defaults(func=_cmd_train)
 
     swp = commands.add_parser(

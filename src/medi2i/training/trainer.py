@@ -58,6 +58,7 @@ from medi2i.data.dataset import (
 )
 from medi2i.data.normalization import Normalizer
 from medi2i.evaluation.baseline import identity_baseline
+from medi2i.inference.loading import load_generator
 from medi2i.losses import DiscriminatorLoss, GeneratorLoss
 from medi2i.models import build_discriminator, build_generator, build_registration
 from medi2i.models.discriminator import resolve_d_conditional
@@ -334,10 +335,10 @@ class Trainer:
         y_hat = y_hat.float()
 
         d_total = None
+        cond = torch.cat([x, x]) if self.D is not None and self.d_conditional else None
         if self.D is not None:
             apply_r1 = self.d_loss.r1_due(self.d_step)
             real = y.detach().requires_grad_(apply_r1)
-            cond = torch.cat([x, x]) if self.d_conditional else None
             with self._autocast():
                 outputs = self.D(torch.cat([real, y_hat.detach()]), cond)
             real_out, fake_out = _split(outputs, n)
@@ -362,7 +363,6 @@ class Trainer:
             d_net = unwrap(self.D)
             d_net.requires_grad_(False)
             try:
-                cond = torch.cat([x, x]) if self.d_conditional else None
                 with self._autocast():
                     outputs = d_net(torch.cat([y, y_hat]), cond)
                 real_out, fake_out = _split(outputs, n)
@@ -666,11 +666,9 @@ class Trainer:
         best_path = self.checkpoints.best_path()
         ema_net = self.ema.module
         if best_path.is_file():
-            state = load_checkpoint(best_path, map_location=self.device)
-            tmp = EMA(unwrap(self.G), 0.0)
-            tmp.load_state_dict(state["ema"]["G"])
-            ema_net = tmp.module
-            source = f"best (epoch {state['best']['epoch']})"
+            best = load_generator(best_path, weights="ema", device=self.device)
+            ema_net = best.generator
+            source = f"best (epoch {best.epoch})"
         result = evaluate_generator(
             ema_net,
             self._eval_loader(test_set),
