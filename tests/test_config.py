@@ -85,6 +85,17 @@ def test_literal_choices_listed():
         load_config(None, ["loss.gan_mode=wgan"])
 
 
+def test_data_train_target_and_pairs():
+    cfg = load_config()
+    assert cfg.data.train_target == "target" and cfg.data.pairs == "auto"
+    cfg = load_config(None, ["data.train_target=aligned", "data.pairs=misaligned"])
+    assert cfg.data.train_target == "aligned" and cfg.data.pairs == "misaligned"
+    with pytest.raises(ConfigError, match=r"'data.train_target' = 'truth'.*'target' or 'aligned'"):
+        load_config(None, ["data.train_target=truth"])
+    with pytest.raises(ConfigError, match=r"'data.pairs' = 'maybe'.*'auto', 'aligned' or 'misal"):
+        load_config(None, ["data.pairs=maybe"])
+
+
 def test_override_errors_name_the_override():
     with pytest.raises(ConfigError) as info:
         load_config(None, ["loss.gan_weigth=2"])

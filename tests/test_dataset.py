@@ -22,6 +22,7 @@ from medi2i.data.dataset import (
     build_dataloader,
     build_dataset,
     discover_pairs,
+    resolve_pairs,
 )
 from medi2i.data.io import write_png
 from medi2i.data.normalization import Normalizer
@@ -333,6 +334,104 @@ def test_simulated_misalignment(tmp_path):
     assert torch.equal(ds[0]["target"], item["target"])  # a pair keeps its misalignment
     off = PairedImageDataset(recs, dtype_normalizer(), misalign=MisalignConfig(max_px=0.0))
     assert not off.has_aligned_target
+
+
+def test_simulated_misalignment_is_seeded_by_split(tmp_path):
+    """Same image, same index, same seed: the train and val pairs still get different fields."""
+    for split in ("train", "val"):
+        make_layout(tmp_path, split=split, names=("a", "b"))
+    misalign = MisalignConfig(max_px=3.0, splits=["train", "val"])
+
+    def dataset(split):
+        recs = discover_pairs(split, root=tmp_path)
+        return PairedImageDataset(recs, dtype_normalizer(), misalign=misalign, seed=0)
+
+    train, val = dataset("train"), dataset("val")
+    t0, v0 = train[0], val[0]
+    assert torch.equal(t0["aligned_target"], v0["aligned_target"])  # identical truth
+    assert not torch.allclose(t0["target"], v0["target"], atol=1e-3)
+    # a pair keeps its field: again, in another epoch, from a new dataset object
+    assert torch.equal(train[0]["target"], t0["target"])
+    val.set_epoch(3)
+    assert torch.equal(val[0]["target"], v0["target"])
+    assert torch.equal(dataset("val")[0]["target"], v0["target"])
+    assert not torch.allclose(train[1]["target"], t0["target"], atol=1e-3)
+
+
+def _misaligned_layout(root, split="train", names=("a", "b")):
+    """A layout whose measured targets are the aligned targets rolled by 3 px along x."""
+    make_layout(root, split=split, names=names, aligned=True)
+    for name in names:
+        aligned = (blob_image(names.index(name)) * 0.8).astype(np.uint16)
+        write_png(root / split / "target" / f"{name}.png", np.roll(aligned, 3, axis=1))
+    return root
+
+
+def test_train_target_aligned_trains_on_the_aligned_target(tmp_path):
+    _misaligned_layout(tmp_path, "train")
+    _misaligned_layout(tmp_path, "val", names=("c",))
+    measured = build_dataset(load_config(None, [f"data.root={tmp_path}"]), "train")[0]
+    cfg = load_config(None, [f"data.root={tmp_path}", "data.train_target=aligned"])
+    item = build_dataset(cfg, "train")[0]
+    truth = (blob_image(0) * 0.8).astype(np.uint16).astype(np.float32) / 65535.0
+    np.testing.assert_allclose(item["target"][0].numpy(), truth, atol=1e-7)
+    assert torch.equal(item["aligned_target"], item["target"])  # still present
+    assert torch.equal(item["aligned_target"], measured["aligned_target"])
+    assert not torch.allclose(measured["target"], measured["aligned_target"], atol=1e-3)
+    assert torch.equal(item["input"], measured["input"])
+    # val is unchanged: the measured target plus the aligned truth
+    val = build_dataset(cfg, "val")[0]
+    plain_val = build_dataset(load_config(None, [f"data.root={tmp_path}"]), "val")[0]
+    assert torch.equal(val["target"], plain_val["target"])
+    assert torch.equal(val["aligned_target"], plain_val["aligned_target"])
+    assert not torch.equal(val["target"], val["aligned_target"])
+
+
+def test_train_target_aligned_with_simulated_misalignment(tmp_path):
+    """misalign warps the aligned target exactly as it warps a dataset whose targets are it."""
+    _misaligned_layout(tmp_path / "real")
+    make_layout(tmp_path / "clean", names=("a", "b"))  # its targets are the aligned targets
+    shift = "data.misalign.max_px=3"
+    cfg = load_config(None, [f"data.root={tmp_path / 'real'}", "data.train_target=aligned", shift])
+    items = build_dataset(cfg, "train")
+    clean = build_dataset(load_config(None, [f"data.root={tmp_path / 'clean'}", shift]), "train")
+    for i in range(2):
+        assert torch.equal(items[i]["target"], clean[i]["target"])
+        assert torch.equal(items[i]["aligned_target"], clean[i]["aligned_target"])
+        assert not torch.allclose(items[i]["target"], items[i]["aligned_target"], atol=1e-3)
+
+
+def test_train_target_aligned_without_aligned_targets_is_an_error(tmp_path):
+    make_layout(tmp_path, "train", names=("a", "b"))
+    make_layout(tmp_path, "val", names=("c",))
+    cfg = load_config(None, [f"data.root={tmp_path}", "data.train_target=aligned"])
+    with pytest.raises(DatasetError, match=r"split 'train': data.train_target 'aligned' needs"):
+        build_dataset(cfg, "train")
+    assert not build_dataset(cfg, "val").has_aligned_target  # only the train split needs them
+
+
+@pytest.mark.parametrize(
+    ("aligned", "overrides", "expected"),
+    [
+        (False, [], False),
+        (False, ["data.pairs=misaligned"], True),
+        (False, ["data.misalign.max_px=2"], True),
+        (False, ["data.misalign.max_px=2", "data.misalign.splits=[val,test]"], False),
+        (False, ["data.misalign.max_px=2", "data.pairs=aligned"], False),
+        (True, [], True),
+        (True, ["data.pairs=aligned"], False),
+        (True, ["data.train_target=aligned"], False),
+        (True, ["data.train_target=aligned", "data.misalign.max_px=2"], True),
+    ],
+)
+def test_resolve_pairs(tmp_path, aligned, overrides, expected):
+    make_layout(tmp_path, names=("a",), aligned=aligned)
+    cfg = load_config(None, [f"data.root={tmp_path}", *overrides])
+    misaligned, reason = resolve_pairs(cfg, build_dataset(cfg, "train"))
+    assert misaligned is expected
+    assert reason.startswith(f"data.pairs={cfg.data.pairs}")
+    if expected and cfg.data.pairs == "auto":
+        assert "misalign" in reason or "aligned targets" in reason
 
 
 def test_build_dataset_eval_split_not_augmented(tmp_path):

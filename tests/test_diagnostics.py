@@ -275,7 +275,7 @@ def test_epoch_summary_line_full():
     line = epoch_summary_line(3, 10, FULL, seconds=41.2)
     assert "\n" not in line
     assert line == (
-        "epoch 3/10 | 41s 12.5 img/s | G 0.532 (recon 61% gan 14% fm 25%) | "
+        "epoch 3/10 | 41s 12.5 img/s | G 0.532 (value recon 61% gan 14% fm 25%) | "
         "D_real 0.710 D_fake 0.320 acc 0.830 | gradG 3.10 clipG 12% gradD 28.4 clipD 88% | "
         "val psnr 31.2 (lung 32.0) ssim 0.941 (lung 0.950) | best psnr_mask 32.0@3"
     )
@@ -293,7 +293,7 @@ def test_epoch_summary_line_g_only():
     }
     line = epoch_summary_line(1, 2, scalars, seconds=125)
     assert line == (
-        "epoch 1/2 | 2m05s | G 0.610 (recon 100%) | gradG 2.00 clipG 0% | val psnr lung 28.1"
+        "epoch 1/2 | 2m05s | G 0.610 (value recon 100%) | gradG 2.00 clipG 0% | val psnr lung 28.1"
     )
     assert "D_real" not in line and "best" not in line
     assert epoch_summary_line(1, 1, {}, seconds=0) == "epoch 1/1 | 0s"
@@ -354,3 +354,16 @@ def test_progress_bar_disabled_and_enabled(capsys):
     bar.write("summary line")
     bar.close()
     assert "summary line" in capsys.readouterr().out
+
+
+def test_epoch_summary_line_prefers_gradient_shares():
+    # D at chance: the GAN term holds most of the loss value but pulls little on G's output;
+    # the line must show what drives G (the gradient shares), labelled as such.
+    scalars = {
+        "loss_G": 0.5,
+        **{"share_recon": 30.0, "share_gan": 54.0, "share_fm": 16.0},
+        **{"gshare_recon": 84.0, "gshare_gan": 3.0, "gshare_fm": 13.0, "gshare_smooth": 0.0},
+    }
+    line = epoch_summary_line(1, 1, scalars, seconds=1)
+    assert "G 0.500 (grad recon 84% gan 3% fm 13%)" in line
+    assert "54%" not in line

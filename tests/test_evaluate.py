@@ -102,6 +102,7 @@ def test_format_table(evaluated):
     assert lines[1].split()[:5] == ["metric", "better", "model", "identity", "model"]
     assert any(line.startswith("psnr_mask") for line in lines)
     assert any(line.startswith("blur_effect") for line in lines)
+    assert any(line.split()[:2] == ["bsr_lit", "higher"] for line in lines)
 
 
 def test_evaluate_reference_is_target_without_aligned(tiny_run, tmp_path):

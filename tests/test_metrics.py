@@ -237,6 +237,87 @@ def test_bsr_without_bone_is_nan():
     assert math.isnan(M.bsr(target + 0.1, target, target + 0.2))  # offset only: no bone
 
 
+def _bsr_lit_reference(cxr: np.ndarray, gt: np.ndarray, bs: np.ndarray) -> float:
+    """GL-LCM / BS-LDM ``cal_BSR`` in float64 numpy, without their resize."""
+    bs = bs + np.mean(gt - bs)
+    bias = gt - bs
+    bias[bias < 0] = 0
+    return float(1.0 - np.sum(bias**2) / np.sum((cxr - gt) ** 2))
+
+
+def test_bsr_lit_matches_numpy_reference_on_random_images():
+    rng = np.random.default_rng(7)
+    gt, bs, noise = rng.random((3, 4, 48, 40))
+    cxr = gt + np.array([0.3, 0.6, 1.0, 2.0])[:, None, None] * noise  # bone of four strengths
+    expected = [_bsr_lit_reference(cxr[i], gt[i], bs[i]) for i in range(4)]
+    assert min(expected) < 0.0 < max(expected)  # residue above and below the bone energy
+    np.testing.assert_allclose(M.bsr_lit(bs, gt, cxr), expected, rtol=0, atol=1e-6)
+    for i in range(4):  # one (H, W) image gives a float
+        assert M.bsr_lit(bs[i], gt[i], cxr[i]) == pytest.approx(expected[i], abs=1e-6)
+    # the (bright-bone) rib case: noisy predictions keeping part of the bone
+    target, image, bone = _bone_case()
+    for k in (0.0, 0.3, 1.0, -0.5):
+        pred = target + k * bone + rng.normal(0.0, 0.02, target.shape)
+        ref = _bsr_lit_reference(image, target, pred)
+        assert M.bsr_lit(pred, target, image) == pytest.approx(ref, abs=1e-6)
+
+
+def test_bsr_lit_perfect_offset_identity_and_no_bone():
+    target, image, bone = _bone_case()
+    assert M.bsr_lit(target, target, image) == pytest.approx(1.0, abs=1e-6)
+    assert M.bsr_lit(target - 0.07, target, image) == pytest.approx(1.0, abs=1e-6)
+    # the unprocessed input: 1 - Σ relu(mean(b) - b)² / Σ b², not 0 (bright bone)
+    identity = 1.0 - np.sum(np.maximum(bone.mean() - bone, 0.0) ** 2) / np.sum(bone**2)
+    assert M.bsr_lit(image, target, image) == pytest.approx(identity, abs=1e-6)
+    assert 0.5 < identity < 1.0
+    # bone left: 1 - k²·(1 - identity) for 0 ≤ k ≤ 1
+    half = M.bsr_lit(target + 0.5 * bone, target, image)
+    assert half == pytest.approx(1.0 - 0.25 * (1.0 - identity), abs=1e-6)
+    # dark bone (inverted display): the unprocessed input is penalised in full
+    assert M.bsr_lit(1 - image, 1 - target, 1 - image) == pytest.approx(
+        1.0 - np.sum(np.maximum(bone - bone.mean(), 0.0) ** 2) / np.sum(bone**2), abs=1e-6
+    )
+
+
+def test_bsr_lit_without_bone_is_nan_and_logged(caplog):
+    target = _smooth((48, 40), 0)
+    images = np.stack([target, target + 0.1])  # the first has no bone
+    preds = np.stack([target + 0.05, target])
+    with caplog.at_level(logging.DEBUG, logger="medi2i.evaluation.metrics"):
+        values = M.bsr_lit(preds, np.stack([target, target]), images)
+    assert math.isnan(values[0]) and values[1] == pytest.approx(1.0, abs=1e-6)
+    assert "no bone) for 1 of 2 image(s)" in caplog.text
+
+
+def _rib_case(size: int = 256):
+    """Soft tissue plus binary rib bands of height 0.25 (as ``tinydata.synthetic_pair``)."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    target = 0.3 + 0.2 * np.sin(6 * xx + 1.0) * np.cos(5 * yy)
+    bone = 0.25 * (np.sin(20 * yy + 2.0) > 0.6)
+    return target, target + bone, bone
+
+
+def test_dark_carving_prediction_fools_bsr_but_not_bsr_lit():
+    """``pred = target - bone`` is exactly as wrong as the input (same L1 error) but darkens
+    the ribs instead of leaving them bright: ``bsr`` scores it well, ``bsr_lit`` below the
+    input. For binary bone covering a fraction f: bsr = 1 - f/(1 - f),
+    bsr_lit = 1 - (1 - f)², and the input scores bsr 0 and bsr_lit 1 - f·(1 - f)."""
+    target, image, bone = _rib_case()
+    carved = target - bone
+    assert M.mae(carved, target) == pytest.approx(M.mae(image, target), rel=1e-6)
+    f = float(np.mean(bone > 0))
+    assert 0.25 < f < 0.35
+    carved_bsr = M.bsr(carved, target, image)
+    assert carved_bsr == pytest.approx(1.0 - f / (1.0 - f), abs=1e-5)
+    assert carved_bsr == pytest.approx(0.58, abs=0.03)
+    assert M.bsr(image, target, image) == pytest.approx(0.0, abs=1e-6)
+    carved_lit = M.bsr_lit(carved, target, image)
+    identity_lit = M.bsr_lit(image, target, image)
+    assert carved_lit == pytest.approx(1.0 - (1.0 - f) ** 2, abs=1e-5)
+    assert identity_lit == pytest.approx(1.0 - f * (1.0 - f), abs=1e-5)
+    assert carved_lit < identity_lit
+
+
 # ------------------------------------------------------------------ detail and blur
 
 
@@ -348,6 +429,7 @@ def test_compute_metrics_keys():
     assert list(full) == [
         "psnr", "psnr_mask", "ssim", "ssim_mask", "ms_ssim", "mae", "mae_mask", "hfen",
         "hfen_mask", "gmsd", "gmsd_mask", "sharpness", "sharpness_mask", "bsr", "bsr_mask",
+        "bsr_lit",
     ]  # fmt: skip
     some = M.compute_metrics(preds, targets, data_range=1.0, mask=masks, include=["mae", "psnr"])
     assert list(some) == ["psnr", "psnr_mask", "mae", "mae_mask"]
@@ -369,6 +451,7 @@ def test_compute_metrics_equals_single_functions():
         np.testing.assert_array_equal(out[key], fn(None), err_msg=key)
         np.testing.assert_array_equal(out[key + "_mask"], fn(masks), err_msg=key)
     np.testing.assert_array_equal(out["ms_ssim"], M.ms_ssim(preds, targets, data_range=1.0))
+    np.testing.assert_array_equal(out["bsr_lit"], M.bsr_lit(preds, targets, inputs))
 
 
 def test_batch_equals_per_image_calls_and_torch_equals_numpy():
@@ -447,6 +530,10 @@ def test_shape_and_argument_errors():
         M.compute_metrics(pred, pred, data_range=1.0, include=["lpips"])
     with pytest.raises(ValueError, match="needs input="):
         M.compute_metrics(pred, pred, data_range=1.0, include=["bsr"])
+    with pytest.raises(ValueError, match="'bsr', 'bsr_lit' need input="):
+        M.compute_metrics(pred, pred, data_range=1.0, include=["bsr_lit", "bsr"])
+    with pytest.raises(ValueError, match=r"bsr_lit: expected input of shape \(2, 1, 48, 40\)"):
+        M.bsr_lit(pred, pred, torch.zeros(1, 1, 48, 40))
     with pytest.raises(ValueError, match=r"got \(2, 2, 2, 48, 40\)"):
         M.mae(np.zeros((2, 2, 2, 48, 40)), np.zeros((2, 2, 2, 48, 40)))
 

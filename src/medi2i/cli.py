@@ -10,7 +10,7 @@ Commands available now:
   output shapes of G, R and D.
 * ``medi2i sweep FILE... --set key=v1,v2 [--set ...] --out DIR`` - a grid of runs.
 * ``medi2i compare RUN_DIR... --out report.html`` - self-contained comparison report.
-* ``medi2i diagnose RUN_DIR [--baseline G_ONLY_RUN]`` - "why didn't D help?" with evidence.
+* ``medi2i diagnose RUN_DIR... [--baseline RUN_DIR...]`` - "why didn't D help?" with evidence.
 * ``medi2i evaluate --run RUN_DIR [--data ROOT] [--split test] [--tta ...]`` - metrics.
 * ``medi2i predict --run RUN_DIR --input PATH... --output DIR`` - outputs like the inputs.
 * ``medi2i export --run RUN_DIR --out g.pt`` - TorchScript (or ONNX) with metadata.
@@ -291,8 +291,21 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_diagnose(args: argparse.Namespace) -> int:
     from medi2i.evaluation.diagnose import diagnose_run, format_diagnosis
 
+    baselines = list(args.baseline or [])
+    if args.run_ablation:
+        if baselines:
+            raise UserError("--run-ablation trains the missing baseline: drop --baseline")
+        baselines = _run_ablations(args.runs)
     try:
-        diagnosis = diagnose_run(args.run, baseline=args.baseline, last_epochs=args.last_epochs)
+        diagnosis = diagnose_run(
+            args.runs,
+            baseline=baselines or None,
+            last_epochs=args.last_epochs,
+            evaluate=not args.no_eval,
+            data_root=args.data_root,
+            device=args.device,
+            refresh=args.refresh,
+        )
     except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from exc
     if args.json:
@@ -300,6 +313,41 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     else:
         print(format_diagnosis(diagnosis))
     return 0
+
+
+def _run_ablations(run_dirs: Sequence[str]) -> list[str]:
+    """Train the same-seed, same-budget ablation of each run (without D, else without R).
+
+    An ablation directory that already holds a finished run (``summary.json``) is reused.
+    """
+    from medi2i.data.dataset import DatasetError
+    from medi2i.evaluation.diagnose import ablation_plans
+    from medi2i.evaluation.runs import load_run
+    from medi2i.training.trainer import TrainingError, train
+
+    outs = []
+    for run_dir in run_dirs:
+        try:
+            run = load_run(run_dir)
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
+        plans = ablation_plans(run, ["D"]) or ablation_plans(run, ["R"])
+        if not plans:
+            raise UserError(f"{run_dir}: trains G alone ({run.mode}); there is nothing to ablate")
+        plan = plans[0]
+        if not run.config_path.is_file():
+            raise UserError(f"{run_dir}: no config.yaml to build the ablation from")
+        if (Path(plan.out) / "summary.json").is_file():
+            log.info("ablation %s already trained; reused", plan.out)
+        else:
+            print(f"training the ablation: {plan.command}", flush=True)
+            cfg = _load_config(plan.config, list(plan.overrides))
+            try:
+                train(cfg, out=plan.out)
+            except (DatasetError, TrainingError, ValueError, FileNotFoundError) as exc:
+                raise UserError(f"ablation {plan.out}: {exc}") from exc
+        outs.append(plan.out)
+    return outs
 
 
 def _predictor(args: argparse.Namespace):
@@ -550,16 +598,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     diag = commands.add_parser(
         "diagnose",
-        help="apply the user's decision rules to a run's logs: why didn't D help?",
+        help="apply the user's decision rules to a run: why didn't D help?",
+        description="Judges a run (or several seeds of one setup) by its validation split, "
+        "never test: run-vs-baseline verdicts rest on 95%% intervals (paired bootstrap over "
+        "validation images, or a Welch t-interval over seeds), loss-weight advice on each "
+        "term's gradient share. Give the runs before --baseline: "
+        "medi2i diagnose RUN [RUN ...] --baseline B [B ...].",
     )
     _add_common(diag)
-    diag.add_argument("run", metavar="RUN_DIR", help="the run to diagnose")
+    diag.add_argument(
+        "runs", nargs="+", metavar="RUN_DIR", help="the run to diagnose (several: seeds)"
+    )
     diag.add_argument(
         "--baseline",
-        metavar="G_ONLY_RUN",
-        help="an ablation without D (same data and budget) to compare with",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="the ablation to compare with, e.g. the same seed and budget without D "
+        "(several: seeds)",
     )
-    diag.add_argument("--last-epochs", type=int, default=3, help="epochs the rules look at")
+    diag.add_argument("--last-epochs", type=int, default=3, help="epochs the log rules look at")
+    diag.add_argument(
+        "--no-eval",
+        action="store_true",
+        help="do not evaluate the generators; compare logged validation means (no interval "
+        "for one run per side)",
+    )
+    diag.add_argument("--data-root", help="dataset root, if it moved since training")
+    diag.add_argument("--device", default="cpu", help="where the generators run")
+    diag.add_argument(
+        "--refresh", action="store_true", help="re-evaluate even when RUN/diagnose/val is current"
+    )
+    diag.add_argument(
+        "--run-ablation",
+        action="store_true",
+        help="train the missing same-seed, same-budget ablation (without D, else without R) "
+        "into RUN-noD / RUN-noR and diagnose against it",
+    )
     diag.add_argument("--json", action="store_true", help="machine-readable output")
     diag.set_defaults(func=_cmd_diagnose)
 

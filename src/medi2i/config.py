@@ -205,6 +205,22 @@ class DataConfig(_Section):
     NAME.ext`` or ``manifest`` (CSV with columns ``split,input,target[,mask][,aligned]``, paths
     relative to the CSV's folder) - or both, when the manifest lives elsewhere. Relative paths
     in the config file are resolved against the current directory.
+
+    ``train_target``: what G trains against on the train split. ``target`` (default): the
+    measured targets. ``aligned``: the aligned targets (the ``aligned`` folder or column; an
+    error naming the split if there are none), e.g. an oracle arm trained on perfectly aligned
+    pairs; ``misalign`` still applies on top, so one dataset with aligned targets can sweep
+    simulated misalignment (0, 2, 4, 8 px). Validation and test splits are not affected: they
+    keep ``target`` and ``aligned_target``, and evaluation measures against the aligned target.
+
+    ``pairs``: whether the training pairs are misaligned (the trainer uses this, e.g. to decide
+    whether D may be conditioned on the input). ``aligned`` / ``misaligned`` are taken as
+    stated. ``auto``: misaligned when the train split gets simulated misalignment (``train``
+    in ``misalign.splits`` and ``misalign.max_px > 0``), or when ``train_target`` is
+    ``target`` and the train split ships aligned targets (a dataset provides an aligned truth
+    because its targets are misaligned); otherwise aligned. Real misaligned data without an
+    aligned truth (e.g. dual-energy subtraction) cannot be recognised: set ``misaligned``.
+    See :func:`medi2i.data.dataset.resolve_pairs`.
     """
 
     root: str | None = None
@@ -214,6 +230,19 @@ class DataConfig(_Section):
     mask: MaskConfig = Field(default_factory=MaskConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     misalign: MisalignConfig = Field(default_factory=MisalignConfig)
+    train_target: Literal["target", "aligned"] = Field(
+        "target",
+        description="train split: train against the measured targets or the aligned targets",
+    )
+    pairs: Literal["auto", "aligned", "misaligned"] = Field(
+        "auto",
+        description=(
+            "are the training pairs misaligned? auto: yes if the train split gets simulated "
+            "misalignment, or ships aligned targets while train_target is 'target'; set "
+            "misaligned for real misaligned data without an aligned truth (e.g. dual-energy "
+            "subtraction)"
+        ),
+    )
     crop_size: int | None = Field(None, ge=8, description="random training crop (px), or none")
     batch_size: int = Field(4, ge=1)
     num_workers: int = Field(0, ge=0)
@@ -378,7 +407,13 @@ class TrainConfig(_Section):
     channels_last: bool = False
     deterministic: bool = False
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
-    ema_warmup_steps: int = Field(0, ge=0)
+    ema_warmup_steps: int | None = Field(
+        None,
+        ge=0,
+        description="steps over which the EMA's horizon ramps up from 1 step; default "
+        "(null): 1/(1 - ema_decay), the EMA's own horizon, so no weight of the random "
+        "initialisation survives; ignored with pretrained_G (the start is not random)",
+    )
     pretrained_G: str | None = None
     val_every: int = Field(1, ge=1, description="epochs between validations")
     checkpoint_every: int = Field(0, ge=0, description="epochs between kept checkpoints, 0=off")
@@ -406,6 +441,12 @@ class LoggingConfig(_Section):
 
     tensorboard: bool = True
     log_every: int = Field(10, ge=1, description="steps between logged scalars")
+    gshare_every: int = Field(
+        10,
+        ge=0,
+        description="steps between measurements of each G-loss term's gradient norm on G's "
+        "output (gnorm_*/gshare_*; one extra backward through the losses, D and R), 0=off",
+    )
     progress: bool = True
 
 

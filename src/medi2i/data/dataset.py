@@ -16,7 +16,12 @@ files, size mismatches, an empty split - is collected and raised together as one
 Each item is a dict of tensors shaped (1, H, W): ``input``, ``target``, ``mask`` (0/1; all
 ones without a mask file) and ``aligned_target`` when the dataset has aligned targets (or
 simulates misalignment), plus ``name``, ``index`` and ``window`` (the normalisation window
-``[lo, hi]`` needed to write results back in the input's units).
+``[lo, hi]`` needed to write results back in the input's units). With
+``data.train_target: aligned`` the train split's ``target`` is its aligned target (then
+misaligned by ``data.misalign`` when that applies to the train split).
+
+:func:`resolve_pairs` decides whether the training pairs count as misaligned
+(``data.pairs``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import csv
 import logging
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +51,15 @@ ROLES = ("input", "target", "mask", "aligned")
 _MAX_LISTED = 40
 # Salts that keep the random streams of different purposes apart.
 _AUGMENT_STREAM, _MISALIGN_STREAM = 1, 2
+
+
+def _split_stream(split: str) -> int:
+    """A stable integer for a split name, the same in every process and Python run.
+
+    Python's ``hash()`` of a string is salted per interpreter (``PYTHONHASHSEED``), so it
+    would give a pair a different misalignment in every run and in spawned DataLoader workers.
+    """
+    return zlib.crc32(split.encode("utf-8"))
 
 
 class DatasetError(ValueError):
@@ -276,8 +291,10 @@ class PairedImageDataset(Dataset):
 
     Random augmentation of item ``i`` in epoch ``e`` uses a generator seeded with
     ``(seed, e, i)`` (call :meth:`set_epoch` each epoch), so results do not depend on the
-    number of workers or the loading order. Simulated misalignment of item ``i`` is seeded
-    with ``(seed, i)`` only: like a real misaligned dataset, a pair keeps its misalignment.
+    number of workers or the loading order. Simulated misalignment of item ``i`` of split
+    ``s`` is seeded with ``(seed, s, i)`` and not with the epoch: like a real misaligned
+    dataset, a pair keeps its misalignment, and the i-th pairs of different splits get
+    independent fields.
 
     Args:
         records: the pairs (from :func:`discover_pairs`).
@@ -289,9 +306,17 @@ class PairedImageDataset(Dataset):
         seed: base seed.
         slice_index: slice of 3D NIfTI/TIFF files.
         cache: keep decoded images in memory.
+        target_from_aligned: use each pair's aligned target as its ``target`` (the item keeps
+            ``aligned_target`` too); simulated misalignment then warps the aligned target.
+
+    Attributes:
+        has_aligned_files: every pair has an aligned-target file (not simulated).
+        has_aligned_target: items carry ``aligned_target`` (aligned files or simulated
+            misalignment).
 
     Raises:
-        DatasetError: unreadable files, shape mismatches, inconsistent aligned targets.
+        DatasetError: unreadable files, shape mismatches, inconsistent aligned targets, or
+            ``target_from_aligned`` without aligned targets.
     """
 
     def __init__(
@@ -306,6 +331,7 @@ class PairedImageDataset(Dataset):
         seed: int = 0,
         slice_index: int | None = None,
         cache: bool = True,
+        target_from_aligned: bool = False,
     ):
         if not records:
             raise DatasetError("dataset", ["no image pairs"])
@@ -325,7 +351,18 @@ class PairedImageDataset(Dataset):
                 "dataset: aligned targets must exist for all pairs or none",
                 [f"{n}: no aligned target" for n in lacking],
             )
-        self.has_aligned_target = has_aligned == {True} or self.misalign is not None
+        self.has_aligned_files = has_aligned == {True}
+        self.has_aligned_target = self.has_aligned_files or self.misalign is not None
+        self.target_from_aligned = bool(target_from_aligned)
+        if self.target_from_aligned and not self.has_aligned_files:
+            raise DatasetError(
+                f"split {self.records[0].split!r}: data.train_target 'aligned' needs aligned "
+                "targets",
+                [
+                    f"none of its {len(self.records)} pairs has an aligned target; add the "
+                    "'aligned' folder (or manifest column) or set data.train_target=target"
+                ],
+            )
         self._cache: list[_Loaded | None] = [None] * len(self.records)
         self._check_and_cache(cache)
         if crop_size is not None:
@@ -420,7 +457,8 @@ class PairedImageDataset(Dataset):
 
     def _simulate_misalignment(self, arrays: dict[str, np.ndarray], index: int) -> None:
         assert self.misalign is not None
-        rng = np.random.default_rng((self.seed, _MISALIGN_STREAM, index))
+        split = _split_stream(self.records[index].split)
+        rng = np.random.default_rng((self.seed, _MISALIGN_STREAM, split, index))
         max_px = float(rng.uniform(0.5, 1.0)) * self.misalign.max_px
         disp = random_smooth_displacement(
             arrays["target"].shape, max_px, rng, control_points=self.misalign.control_points
@@ -438,6 +476,8 @@ class PairedImageDataset(Dataset):
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         rec = self.records[index]
         arrays, win_in, _ = self.load_unit(index)
+        if self.target_from_aligned:
+            arrays["target"] = arrays["aligned_target"].copy()
         if self.misalign is not None:
             self._simulate_misalignment(arrays, index)
         if self.augment is not None or self.crop_size is not None:
@@ -497,7 +537,13 @@ def build_dataset(
             for the ``train`` split.
 
     Returns:
-        The dataset.
+        The dataset. For the ``train`` split with ``data.train_target: aligned`` its targets
+        are the aligned targets (whatever ``train`` says); simulated misalignment applies to
+        the splits in ``data.misalign.splits``.
+
+    Raises:
+        DatasetError: the split cannot be read, or ``data.train_target: aligned`` on a train
+            split without aligned targets.
     """
     train = (split == "train") if train is None else train
     data = cfg.data
@@ -516,9 +562,52 @@ def build_dataset(
         seed=cfg.seed,
         slice_index=data.slice_index,
         cache=data.cache,
+        target_from_aligned=split == "train" and data.train_target == "aligned",
     )
     log.info("split %r: %d pairs, image %s", split, len(dataset), dataset.image_shape)
     return dataset
+
+
+def resolve_pairs(cfg: Config, train_dataset: PairedImageDataset) -> tuple[bool, str]:
+    """Whether the training pairs are misaligned (``data.pairs``), and why.
+
+    ``misaligned`` and ``aligned`` are taken as stated. ``auto`` means misaligned when the
+    train split gets simulated misalignment (``"train" in data.misalign.splits`` and
+    ``data.misalign.max_px > 0``), or when G trains against the measured targets
+    (``data.train_target: target``) of a train split that ships aligned targets (a dataset
+    provides an aligned truth because its targets are misaligned); otherwise aligned. Real
+    misaligned data without an aligned truth (e.g. dual-energy subtraction) cannot be
+    recognised and needs ``data.pairs: misaligned``.
+
+    Args:
+        cfg: the run's config.
+        train_dataset: the train split as built by :func:`build_dataset`.
+
+    Returns:
+        ``(misaligned, reason)``, the reason one short line for the log.
+    """
+    data = cfg.data
+    if data.pairs != "auto":
+        return data.pairs == "misaligned", f"data.pairs={data.pairs}"
+    if "train" in data.misalign.splits and data.misalign.max_px > 0:
+        return True, (
+            f"data.pairs=auto: simulated misalignment on the train split "
+            f"(data.misalign.max_px={data.misalign.max_px:g})"
+        )
+    if data.train_target == "target" and train_dataset.has_aligned_files:
+        return True, (
+            "data.pairs=auto: the train split ships aligned targets, so its targets are taken "
+            "as misaligned"
+        )
+    if data.train_target == "aligned":
+        return False, (
+            "data.pairs=auto: training against the aligned targets (data.train_target=aligned) "
+            "without simulated misalignment"
+        )
+    return False, (
+        "data.pairs=auto: no aligned targets and no simulated misalignment in the train split "
+        "(set data.pairs=misaligned for misaligned data without an aligned truth)"
+    )
 
 
 def build_dataloader(

@@ -7,8 +7,9 @@
 * ``report.md`` beside it - the same tables, with the figures saved as PNG files in
   ``report_files/`` and linked relatively.
 
-Contents: a table of final metrics per run (test metrics when the run was tested, else its last
-validation) with the identity baseline (input taken as the prediction), best epoch and wall time;
+Contents: a table of final metrics per run, a report (test metrics when the run was tested, else
+its last validation; the "metrics from" column says which, and the diagnosis never decides by the
+test split) with the identity baseline (input taken as the prediction), best epoch and wall time;
 the automatic diagnosis of each run (:mod:`medi2i.evaluation.diagnose`, each D run weighed
 against a run without D from the same comparison); curves over epochs (validation metrics,
 ``D_real`` vs ``D_fake``, the composition of G's loss, gradient norms and clip rates, learning
@@ -43,7 +44,7 @@ from medi2i.evaluation.plots import (
     loss_composition_figure,
     validation_figure,
 )
-from medi2i.evaluation.runs import RunRecord, finite_or_none, load_run
+from medi2i.evaluation.runs import RunRecord, finite_or_none, load_run, resolve_data_paths
 from medi2i.utils.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -282,12 +283,19 @@ def _baseline_for(run: RunRecord, runs: Sequence[RunRecord]) -> RunRecord | None
     return pool[0] if pool else None
 
 
-def _diagnoses(runs: Sequence[RunRecord]) -> list[tuple[RunRecord, Diagnosis | None, str]]:
+def _diagnoses(
+    runs: Sequence[RunRecord], *, data_root: str | None = None, device: str = "cpu"
+) -> list[tuple[RunRecord, Diagnosis | None, str]]:
     out = []
     for run in runs:
         base = _baseline_for(run, runs)
         try:
-            d = diagnose_run(run.path, baseline=base.path if base else None)
+            d = diagnose_run(
+                run.path,
+                baseline=base.path if base else None,
+                data_root=data_root,
+                device=device,
+            )
             out.append((run, d, ""))
         except Exception as exc:  # a report must not die on one odd run
             log.warning("diagnosis of %s failed: %s", run.path, exc)
@@ -366,35 +374,8 @@ def _diagnoses_md(items) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _resolve_data(cfg: Any, run_path: Path, data_root: str | None) -> Any:
-    """The run's config with ``data.root`` / ``data.manifest`` usable from here.
-
-    ``data_root`` replaces the root when given. Otherwise relative paths are taken against the
-    current directory (as the trainer did) and, when that does not exist, against the run
-    directory and its parents (runs are often kept under the folder training ran in).
-    """
-    data = cfg.data
-    root, manifest = data.root, data.manifest
-
-    def locate(path: str | None) -> str | None:
-        if path is None or Path(path).is_absolute() or Path(path).exists():
-            return path
-        for base in (run_path, *run_path.resolve().parents):
-            if (base / path).exists():
-                log.info("found %s under %s", path, base)
-                return str(base / path)
-        return path
-
-    if data_root is not None:
-        root = str(data_root)
-        if manifest is not None and not Path(manifest).exists():
-            candidate = Path(data_root) / Path(manifest).name
-            manifest = str(candidate) if candidate.exists() else None
-    else:
-        root, manifest = locate(root), locate(manifest)
-    return cfg.model_copy(
-        update={"data": data.model_copy(update={"root": root, "manifest": manifest})}
-    )
+#: Kept under its old name for callers of this module; the logic is shared with the diagnosis.
+_resolve_data = resolve_data_paths
 
 
 def _lung_windows(mask: np.ndarray, size: int) -> list[tuple[float, int, int]]:
@@ -724,7 +705,7 @@ def compare_runs(
         written.append(path)
 
     rows, ident_rows = _metrics_rows(runs)
-    diagnoses = _diagnoses(runs)
+    diagnoses = _diagnoses(runs, data_root=data_root, device=device)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     html_text = _render_html(runs, rows, ident_rows, diagnoses, figures, crop_figs, notes, stamp)
     md_text = _render_md(

@@ -5,9 +5,9 @@ run's data config and normalised with the checkpoint's normaliser) it computes, 
 **aligned target** when the dataset has one (the truth for misaligned pairs), else the target:
 
 * every metric of :func:`medi2i.evaluation.metrics.compute_metrics` - PSNR, SSIM, MS-SSIM, MAE,
-  BSR, HFEN, GMSD and the sharpness ratio - on the whole image and inside the mask
-  (``<name>_mask``; MS-SSIM whole image only), in the normalised range (``data_range`` =
-  the width of ``output_range``);
+  BSR, the published BSR (``bsr_lit``), HFEN, GMSD and the sharpness ratio - on the whole image
+  and inside the mask (``<name>_mask``; MS-SSIM and ``bsr_lit`` whole image only), in the
+  normalised range (``data_range`` = the width of ``output_range``);
 * the no-reference ``blur_effect`` of the prediction (0 sharp .. 1 blurred),
 
 for the **model** (G through :meth:`Predictor.predict_normalised`, so TTA and tiling apply)
@@ -71,6 +71,7 @@ METRIC_COLUMNS = (
     "mae_mask",
     "bsr",
     "bsr_mask",
+    "bsr_lit",
     "hfen",
     "hfen_mask",
     "gmsd",
@@ -87,6 +88,7 @@ HIGHER_IS_BETTER = {
     "ms_ssim": True,
     "mae": False,
     "bsr": True,
+    "bsr_lit": True,
     "hfen": False,
     "gmsd": False,
     "sharpness": None,  # best near 1

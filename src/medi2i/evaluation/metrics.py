@@ -23,6 +23,11 @@ key            better      range        definition (``M`` = mask or all pixels, 
                                         with ``E(x) = Σ_M relu(d − mean_M(d))²``,
                                         ``d = x − target``: 1 = all bone removed, 0 = as much
                                         bone left as in the input (see :func:`bsr`)
+``bsr_lit``    higher      (-inf, 1]    bone suppression ratio as published (GL-LCM,
+                                        BS-LDM): ``1 − Σ relu(r − mean(r))² / Σ (input −
+                                        target)²``, ``r = target − pred``, whole image
+                                        only; not comparable with ``bsr`` (see
+                                        :func:`bsr_lit`)
 ``hfen``       lower       [0, inf)     ``‖LoG(pred − target)‖_M / ‖LoG(target)‖_M``, LoG
                                         σ 1.5 (Ravishankar & Bresler 2011), L2 norms over M
 ``gmsd``       lower       [0, 0.5]     standard deviation over ``M`` of the gradient
@@ -35,7 +40,7 @@ blur_effect    lower       [0, 1]       no-reference blur of one image,
 =============  ==========  ===========  =====================================================
 
 In :func:`compute_metrics` each key is the whole-image value and ``<key>_mask`` the value inside
-the mask (when a mask is given); ``ms_ssim`` has no masked variant.
+the mask (when a mask is given); ``ms_ssim`` and ``bsr_lit`` have no masked variant.
 
 Conventions:
 
@@ -86,6 +91,7 @@ __all__ = [
     "MS_SSIM_WEIGHTS",
     "blur_effect",
     "bsr",
+    "bsr_lit",
     "compute_metrics",
     "gmsd",
     "hfen",
@@ -115,13 +121,26 @@ gradient magnitudes scale with intensity, so ``c = GMSD_C_UNIT · data_range²``
 PREWITT_BORDER = 1
 _NO_BONE_REL_ENERGY = 1e-12
 
-METRIC_NAMES = ("psnr", "ssim", "ms_ssim", "mae", "hfen", "gmsd", "sharpness", "bsr")
+METRIC_NAMES = (
+    "psnr",
+    "ssim",
+    "ms_ssim",
+    "mae",
+    "hfen",
+    "gmsd",
+    "sharpness",
+    "bsr",
+    "bsr_lit",
+)
 """Names accepted by :func:`compute_metrics`'s ``include``."""
-_UNMASKED_ONLY = frozenset({"ms_ssim"})
+_UNMASKED_ONLY = frozenset({"ms_ssim", "bsr_lit"})
+_NEEDS_INPUT = frozenset({"bsr", "bsr_lit"})
+"""Metrics computed only when :func:`compute_metrics` gets the network input."""
 _MIN_SIZE = {
     "psnr": 1,
     "mae": 1,
     "bsr": 1,
+    "bsr_lit": 1,
     "ssim": SSIM_WIN_SIZE,
     "ms_ssim": SSIM_WIN_SIZE,
     "hfen": int(LOG_TRUNCATE * HFEN_SIGMA + 0.5),
@@ -463,6 +482,23 @@ def _bsr(
     return torch.where(input_energy > _NO_BONE_REL_ENERGY * scale, removed, torch.nan)
 
 
+def _bsr_lit(pred: Tensor, target: Tensor, image: Tensor) -> Tensor:
+    """The published BSR per image; NaN where ``input == target`` (see :func:`bsr_lit`)."""
+    residue = target - pred
+    residue = torch.relu(residue - residue.mean(_IMAGE_DIMS, keepdim=True))
+    bone_energy = ((image - target) ** 2).sum(_IMAGE_DIMS)
+    has_bone = bone_energy > 0
+    if logger.isEnabledFor(logging.DEBUG):  # counting needs a device-to-host sync
+        no_bone = int((~has_bone).sum())
+        if no_bone:
+            logger.debug(
+                "bsr_lit: input equals target (no bone) for %d of %d image(s); their value is NaN",
+                no_bone,
+                has_bone.shape[0],
+            )
+    return torch.where(has_bone, 1.0 - (residue**2).sum(_IMAGE_DIMS) / bone_energy, torch.nan)
+
+
 # --------------------------------------------------------------------------------------------
 # public metrics
 # --------------------------------------------------------------------------------------------
@@ -669,6 +705,67 @@ def bsr(
 
 
 @_metric
+def bsr_lit(
+    pred: Tensor,
+    target: Tensor,
+    input: Tensor,  # the project's name for the network input
+) -> Tensor:
+    """Bone suppression ratio per image exactly as the bone-suppression papers compute it.
+
+    The ``cal_BSR`` of GL-LCM's and BS-LDM's ``metrics.py`` (``cxr`` = ``input``, ``gt`` =
+    ``target``, ``bs`` = ``pred``), reported under the key ``bsr_lit`` so that it is never
+    mistaken for :func:`bsr`::
+
+        r       = target − pred                  (per image)
+        BSR_lit = 1 − Σ relu(r − mean(r))² / Σ (input − target)²
+
+    i.e. ``1 − Σ relu(gt − (bs + mean(gt − bs)))² / Σ (cxr − gt)²``. Sums and the mean run over
+    the whole image (all pixels and channels of one image); there is no masked variant. The
+    papers average the per-image values over the test images, as callers here do. (The papers
+    also resize every image to a fixed size first; that belongs to their pipeline, not to the
+    formula, and is not done here.)
+
+    How it differs from :func:`bsr` (the two are not comparable):
+
+    * **Which side counts.** Only pixels with ``target > pred + offset`` count (the prediction
+      *darker* than the truth after the mean offset is removed), where ``bsr`` counts the
+      prediction *brighter* than the truth. Reading this side as bone left unsuppressed is
+      right only when bone darkens the image. On data with bright bone (``input − target ≥
+      0`` on bone, as in the papers' own sample pairs) the counted side is dark residue -
+      over-suppression - and bone left in the prediction counts only through the mean offset,
+      which it raises so that the bone-free pixels appear too dark: keeping a fraction
+      ``0 ≤ k ≤ 1`` of the bone (``pred = target + k·bone``) scores
+      ``1 − k²·(1 − BSR_lit(input))``.
+    * **Mean offset.** Removed from ``target − pred``, as in ``bsr`` (a constant brightness
+      shift of the prediction costs nothing).
+    * **Normaliser.** The input's bone energy ``Σ (input − target)²`` (no offset removed, no
+      one-sided cut), where ``bsr`` applies its own numerator to the input. Hence ``pred =
+      target + c`` scores exactly 1 in both, but the unprocessed input does **not** score 0:
+      it scores ``1 − Σ relu(mean(b) − b)² / Σ b²`` with ``b = input − target`` (``1 −
+      f·(1 − f)`` for bone of constant height covering a fraction ``f`` of the image; 0.66 to
+      0.89 on the three sample pairs shipped with BS-LDM), and a prediction that carves the
+      bone out dark (``pred = target − b``) scores ``1 − Σ relu(b − mean(b))² / Σ b²``
+      (``1 − (1 − f)²``). Always read it against the identity baseline.
+
+    Args:
+        pred: prediction, (N, C, H, W) tensor (or numpy array).
+        target: bone-free reference, same shape.
+        input: the network input (with bones), same shape.
+
+    Returns:
+        (N,) float32 tensor, at most 1; NaN where ``input == target`` everywhere (no bone to
+        suppress; the count of such images is logged at DEBUG level).
+
+    Raises:
+        ValueError: on mismatched shapes.
+        TypeError: on arguments of the wrong type.
+    """
+    p, t = _check_pair(pred, target, "bsr_lit")
+    x = _check_input(input, p, "bsr_lit")
+    return _bsr_lit(p, t, x)
+
+
+@_metric
 def hfen(
     pred: Tensor, target: Tensor, *, mask: Tensor | None = None, sigma: float = HFEN_SIGMA
 ) -> Tensor:
@@ -817,15 +914,19 @@ def blur_effect(image: np.ndarray | Tensor, *, h_size: int = 11) -> float | np.n
 
 def _resolve_include(include: Iterable[str] | None, has_input: bool) -> tuple[str, ...]:
     if include is None:
-        return tuple(n for n in METRIC_NAMES if n != "bsr" or has_input)
+        return tuple(n for n in METRIC_NAMES if n not in _NEEDS_INPUT or has_input)
     names = (include,) if isinstance(include, str) else tuple(include)
     unknown = [n for n in names if n not in METRIC_NAMES]
     if unknown:
         raise ValueError(
             f"compute_metrics: unknown metric(s) {unknown}; choose from {METRIC_NAMES}"
         )
-    if "bsr" in names and not has_input:
-        raise ValueError("compute_metrics: 'bsr' needs input= (the network input with bones)")
+    needing = [n for n in METRIC_NAMES if n in names and n in _NEEDS_INPUT]
+    if needing and not has_input:
+        raise ValueError(
+            f"compute_metrics: {', '.join(repr(n) for n in needing)} "
+            f"need{'s' * (len(needing) == 1)} input= (the network input with bones)"
+        )
     return tuple(n for n in METRIC_NAMES if n in names)
 
 
@@ -844,15 +945,16 @@ def compute_metrics(
     Each metric gives the key ``<name>`` (whole image) and, when ``mask`` is given,
     ``<name>_mask`` (inside the mask; none for ``ms_ssim``): ``psnr``, ``ssim``, ``ms_ssim``,
     ``mae``, ``hfen``, ``gmsd``, ``sharpness`` (:func:`sharpness_ratio`) and, when ``input``
-    is given, ``bsr``. Defaults of the single functions apply (GMSD without downsampling,
-    BSR with bright bone). :func:`blur_effect` is numpy-only and not included.
+    is given, ``bsr`` and ``bsr_lit`` (:func:`bsr_lit`; whole image only, no ``_mask`` key).
+    Defaults of the single functions apply (GMSD without downsampling, BSR with bright bone).
+    :func:`blur_effect` is numpy-only and not included.
 
     Args:
         pred: prediction, (N, C, H, W) tensor (or numpy array, then numpy results).
         target: reference, same shape as ``pred``.
         data_range: width of the intensity range.
         mask: optional (N, 1, H, W) or (N, C, H, W) mask, binarised at > 0.5.
-        input: optional network input (same shape) for the bone suppression ratio.
+        input: optional network input (same shape) for the bone suppression ratios.
         include: metric names to compute (see :data:`METRIC_NAMES`); default all that apply.
 
     Returns:
@@ -860,7 +962,8 @@ def compute_metrics(
 
     Raises:
         ValueError: on mismatched shapes, images too small for a requested metric, unknown
-            names, ``bsr`` requested without ``input``, or a bad ``data_range``.
+            names, ``bsr`` or ``bsr_lit`` requested without ``input``, or a bad
+            ``data_range``.
         TypeError: on arguments of the wrong type.
     """
     names = _resolve_include(include, input is not None)
@@ -909,4 +1012,6 @@ def _reducers(
             )
     if "bsr" in names and x is not None:
         reducers["bsr"] = lambda m: _bsr(p, t, x, m, bone_is_bright=True)
+    if "bsr_lit" in names and x is not None:
+        reducers["bsr_lit"] = lambda m: _bsr_lit(p, t, x)
     return reducers

@@ -3,7 +3,8 @@
 A run directory is what :func:`medi2i.training.trainer.train` writes::
 
     RUN_DIR/config.yaml             resolved config
-    RUN_DIR/summary.json            mode, epochs, steps, best {metric, value, epoch}, wall_seconds
+    RUN_DIR/summary.json            mode, epochs, steps, best {metric, value, epoch}, wall_seconds,
+                                    pairs {misaligned, reason}, D_conditional, instabilities
     RUN_DIR/test_metrics.json       EMA model and identity-baseline means on the test split
     RUN_DIR/metrics/epochs.jsonl    one JSON object per epoch (train_* means, val_*, lr_*)
     RUN_DIR/metrics/steps.jsonl     one JSON object per logged step
@@ -14,6 +15,10 @@ directory to count as a run (an interrupted run has no summary yet; a synthetic 
 checkpoint); every other file is optional and its absence is recorded, not fatal. JSON ``null``
 (how the trainer writes non-finite numbers) is read as NaN. A truncated last line of a JSONL
 file (a run killed mid-write) is skipped with a warning.
+
+Decisions about a run (which is better, whether it is still improving) use its **validation**
+metrics (:meth:`RunRecord.decision_metrics`); the test split is held out for reporting
+(:meth:`RunRecord.final_metrics`), since choosing by it would leak it into the choice.
 """
 
 from __future__ import annotations
@@ -30,7 +35,15 @@ import yaml
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunRecord", "cfg_get", "finite_or_none", "load_run", "run_label", "run_mode"]
+__all__ = [
+    "RunRecord",
+    "cfg_get",
+    "finite_or_none",
+    "load_run",
+    "resolve_data_paths",
+    "run_label",
+    "run_mode",
+]
 
 #: Files whose presence makes a directory a run directory (at least one is needed).
 _RUN_MARKERS = ("config.yaml", "summary.json", "metrics/epochs.jsonl")
@@ -201,6 +214,98 @@ class RunRecord:
         ckpt = self.path / "checkpoints"
         return (ckpt / "best.pt").is_file() or (ckpt / "last.pt").is_file()
 
+    @property
+    def config_path(self) -> Path:
+        """``config.yaml`` of the run (it may not exist for a partial run)."""
+        return self.path / "config.yaml"
+
+    @property
+    def pairs(self) -> dict[str, Any]:
+        """Whether the training pairs were misaligned, and whether G's loss saw it.
+
+        Read from the summary's ``pairs`` entry when the trainer wrote one, else from the
+        config: ``data.pairs`` (``aligned`` / ``misaligned``), else simulated misalignment of
+        the training split (``data.misalign.max_px > 0``); ``auto`` without simulated
+        misalignment is decided from the data at training time, so it is unknown here.
+        ``data.train_target: aligned`` trains G against the aligned target, so misaligned
+        pairs then never reach the loss.
+
+        Returns:
+            ``{"misaligned": bool | None, "reason": str, "source": "summary" | "config" |
+            "unknown", "train_target": str, "loss_misaligned": bool | None}``;
+            ``loss_misaligned`` is whether G's loss compares against misaligned targets.
+        """
+        train_target = str(self.cfg("data.train_target", "target"))
+        misaligned: bool | None = None
+        entry = self.summary.get("pairs")
+        if isinstance(entry, dict) and isinstance(entry.get("misaligned"), bool):
+            misaligned = entry["misaligned"]
+            reason = str(entry.get("reason") or "recorded by the trainer")
+            source = "summary"
+        else:
+            choice = self.cfg("data.pairs")
+            max_px = finite_or_none(self.cfg("data.misalign.max_px")) or 0.0
+            splits = self.cfg("data.misalign.splits", ["train"]) or []
+            source = "config"
+            if choice in ("aligned", "misaligned"):
+                misaligned = choice == "misaligned"
+                reason = f"data.pairs={choice}"
+            elif max_px > 0 and "train" in splits:
+                misaligned = True
+                reason = f"simulated misalignment, data.misalign.max_px={max_px:g}"
+            else:
+                source = "unknown"
+                reason = (
+                    "not logged (no 'pairs' in summary.json; data.pairs="
+                    f"{choice or 'auto'} is decided from the data at training time)"
+                )
+        loss_misaligned = None if misaligned is None else misaligned and train_target != "aligned"
+        return {
+            "misaligned": misaligned,
+            "reason": reason,
+            "source": source,
+            "train_target": train_target,
+            "loss_misaligned": loss_misaligned,
+        }
+
+    @property
+    def d_conditional(self) -> tuple[bool | None, str]:
+        """Whether D was conditioned on the input, and where that comes from.
+
+        The summary's ``D_conditional`` when written; else the config's
+        ``model.D.conditional``: ``yes`` / ``no``, or ``auto``, resolved as the trainer of the
+        run's era did - a config with ``data.pairs`` (the current trainer) makes D
+        unconditional when R is on or the pairs are misaligned, an older one only when R is on.
+
+        Returns:
+            ``(conditional, source)``; ``(None, why)`` for a run without D or an unknown case.
+        """
+        if not self.has_D:
+            return None, "no discriminator"
+        value = self.summary.get("D_conditional")
+        if isinstance(value, bool):
+            return value, "summary.json"
+        choice = self.cfg("model.D.conditional")
+        if choice in ("yes", "no"):
+            return choice == "yes", f"config model.D.conditional={choice}"
+        if choice not in (None, "auto") or not self.config:
+            return None, "not logged"
+        if self.cfg("data.pairs") is not None:
+            misaligned = self.pairs["misaligned"]
+            if misaligned is None and not self.has_R:
+                return None, "not logged (auto, and the pairs' alignment is unknown)"
+            conditional = not self.has_R and not misaligned
+            return conditional, "config auto: conditional only with R off and aligned pairs"
+        return not self.has_R, "config auto (older trainer): conditional whenever R is off"
+
+    @property
+    def instabilities(self) -> list[dict[str, Any]] | None:
+        """Loss jumps the trainer detected (``summary.json`` ``instabilities``), None if absent."""
+        value = self.summary.get("instabilities")
+        if not isinstance(value, list):
+            return None
+        return [dict(v) for v in value if isinstance(v, dict)]
+
     # ---------------------------------------------------------------- progress
 
     @property
@@ -285,7 +390,10 @@ class RunRecord:
         return bool(np.isfinite(y).any())
 
     def final_metrics(self) -> tuple[dict[str, float], str]:
-        """The run's final metrics and where they come from.
+        """The run's final metrics for a report, and where they come from.
+
+        For reporting only: the test split must not steer decisions (use
+        :meth:`decision_metrics`), so a caller showing these should label their source.
 
         Returns:
             ``(metrics, source)``: the test split's EMA metrics (``source`` = ``"test"``) when
@@ -299,6 +407,28 @@ class RunRecord:
             vals = {k[4:]: float(v) for k, v in row.items() if k.startswith("val_")}
             if vals:
                 return vals, f"val, epoch {int(row.get('epoch', 0))}"
+        return {}, "none"
+
+    def decision_metrics(self) -> tuple[dict[str, float], str]:
+        """The validation metrics decisions rest on: those of the best epoch, else the last.
+
+        The best epoch is the one whose checkpoint (``best.pt``) was kept, so these are the
+        numbers of the weights a comparison evaluates. The test split is never used here.
+
+        Returns:
+            ``(metrics, source)``: the ``val_`` metrics (prefix removed) of the best epoch
+            (``source`` = ``"val, best epoch N"``), else of the last validated epoch
+            (``"val, last epoch N"``), else ``({}, "none")``.
+        """
+        best = finite_or_none(self.best.get("epoch"))
+        if best is not None:
+            metrics = self.val_metrics(int(best))
+            if metrics:
+                return metrics, f"val, best epoch {int(best)}"
+        for row in reversed(self.epochs):
+            vals = {k[4:]: float(v) for k, v in row.items() if k.startswith("val_")}
+            if vals:
+                return vals, f"val, last epoch {int(row.get('epoch', 0))}"
         return {}, "none"
 
     def val_metrics(self, epoch: int | None = None) -> dict[str, float]:
@@ -327,6 +457,46 @@ def _finite_or_nan(value: Any) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+def resolve_data_paths(cfg: Any, run_path: str | Path, data_root: str | Path | None) -> Any:
+    """A run's config with ``data.root`` / ``data.manifest`` usable from here.
+
+    ``data_root`` replaces the root when given. Otherwise relative paths are taken against the
+    current directory (as the trainer did) and, when that does not exist, against the run
+    directory and its parents (runs are often kept under the folder training ran in).
+
+    Args:
+        cfg: a :class:`medi2i.config.Config` (any pydantic model with a ``data`` section).
+        run_path: the run directory.
+        data_root: where the dataset is now, or None.
+
+    Returns:
+        A copy of ``cfg`` with the data paths replaced.
+    """
+    run_path = Path(run_path)
+    data = cfg.data
+    root, manifest = data.root, data.manifest
+
+    def locate(path: str | None) -> str | None:
+        if path is None or Path(path).is_absolute() or Path(path).exists():
+            return path
+        for base in (run_path, *run_path.resolve().parents):
+            if (base / path).exists():
+                log.info("found %s under %s", path, base)
+                return str(base / path)
+        return path
+
+    if data_root is not None:
+        root = str(data_root)
+        if manifest is not None and not Path(manifest).exists():
+            candidate = Path(data_root) / Path(manifest).name
+            manifest = str(candidate) if candidate.exists() else None
+    else:
+        root, manifest = locate(root), locate(manifest)
+    return cfg.model_copy(
+        update={"data": data.model_copy(update={"root": root, "manifest": manifest})}
+    )
 
 
 def load_run(run_dir: str | Path) -> RunRecord:

@@ -23,7 +23,13 @@ from medi2i.losses.adversarial import (
     r1_penalty,
     r1_scale,
 )
-from medi2i.losses.composite import PART_NAMES, DiscriminatorLoss, GeneratorLoss, loss_shares
+from medi2i.losses.composite import (
+    PART_NAMES,
+    DiscriminatorLoss,
+    GeneratorLoss,
+    gradient_shares,
+    loss_shares,
+)
 from medi2i.losses.reconstruction import pixel_weights, reconstruction_loss
 from medi2i.losses.regularizers import (
     SMOOTH_TYPES,
@@ -49,6 +55,7 @@ __all__ = [
     "discriminator_stats",
     "feature_matching_loss",
     "gradient_l2",
+    "gradient_shares",
     "loss_shares",
     "pixel_weights",
     "r1_due",

@@ -47,7 +47,7 @@ from medi2i.losses.regularizers import smoothness_loss
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PART_NAMES", "DiscriminatorLoss", "GeneratorLoss", "loss_shares"]
+__all__ = ["PART_NAMES", "DiscriminatorLoss", "GeneratorLoss", "gradient_shares", "loss_shares"]
 
 PART_NAMES: tuple[str, ...] = ("recon", "gan", "fm", "smooth")
 """G's loss parts, in the order of ``w_<name>`` / ``share_<name>``."""
@@ -101,9 +101,10 @@ class GeneratorLoss:
         *,
         fake_outputs: DOutputs | None = None,
         real_outputs: DOutputs | None = None,
+        fm_outputs: DOutputs | None = None,
         field: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Compute G's loss.
+        """Compute G's loss (:meth:`weighted_terms` summed, with diagnostics).
 
         Args:
             pred: image compared with the target: ``warp(G(x))`` when R is on, else ``G(x)``;
@@ -115,6 +116,10 @@ class GeneratorLoss:
             real_outputs: D's outputs on the real target, needed for feature matching when
                 ``feat_match_weight > 0`` (may be computed under ``torch.no_grad()``: FM
                 detaches them anyway).
+            fm_outputs: D's outputs on the image feature matching compares with the target:
+                it must be in the target's frame (``warp(G(x))`` when R is on), because FM is
+                a position-wise L1 between feature maps. Default ``fake_outputs`` (right when
+                R is off, where G's output is the image compared with the target).
             field: R's displacement field (N, 2, H, W) in pixels, or None when R is off.
 
         Returns:
@@ -126,6 +131,36 @@ class GeneratorLoss:
         Raises:
             ValueError: if feature matching is on and ``fake_outputs`` is given without
                 ``real_outputs``, or on malformed inputs.
+        """
+        weighted, raw, stats = self.weighted_terms(
+            pred,
+            target,
+            mask,
+            fake_outputs=fake_outputs,
+            real_outputs=real_outputs,
+            fm_outputs=fm_outputs,
+            field=field,
+        )
+        return self.summarise(weighted, raw, stats)
+
+    def weighted_terms(
+        self,
+        pred: Tensor,
+        target: Tensor,
+        mask: Tensor | None = None,
+        *,
+        fake_outputs: DOutputs | None = None,
+        real_outputs: DOutputs | None = None,
+        fm_outputs: DOutputs | None = None,
+        field: Tensor | None = None,
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+        """G's weighted loss terms with their graphs (arguments as in :meth:`__call__`).
+
+        Returns:
+            ``(weighted, raw, stats)``: ``weighted[name]`` = weight x term for every name of
+            :data:`PART_NAMES` (graph kept; a term that is off is a constant 0); ``raw`` the
+            unweighted terms (plus ``recon_l1``, ``recon_dssim``, detached); ``stats`` D's
+            detached ``D_real`` / ``D_fake`` when outputs are given.
         """
         cfg = self.cfg
         recon, recon_parts = reconstruction_loss(
@@ -149,7 +184,9 @@ class GeneratorLoss:
                         "GeneratorLoss: feature matching (feat_match_weight="
                         f"{cfg.feat_match_weight}) needs real_outputs, D's outputs on the target"
                     )
-                raw["fm"] = feature_matching_loss(real_outputs, fake_outputs)
+                raw["fm"] = feature_matching_loss(
+                    real_outputs, fm_outputs if fm_outputs is not None else fake_outputs
+                )
         if fake_outputs is not None or real_outputs is not None:
             all_stats = discriminator_stats(real_outputs, fake_outputs, mode=cfg.gan_mode)
             stats = {k: all_stats[k] for k in ("D_real", "D_fake") if k in all_stats}
@@ -163,16 +200,64 @@ class GeneratorLoss:
             "smooth": cfg.smooth_weight,
         }
         weighted = {name: weights[name] * raw[name] for name in PART_NAMES}
-        total = weighted["recon"] + weighted["gan"] + weighted["fm"] + weighted["smooth"]
+        raw_out = {n: raw[n].detach() for n in PART_NAMES}
+        raw_out["recon_l1"] = recon_parts["l1"]
+        raw_out["recon_dssim"] = recon_parts["dssim"]
+        return weighted, raw_out, stats
 
+    @staticmethod
+    def summarise(
+        weighted: dict[str, Tensor], raw: dict[str, Tensor], stats: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Sum :meth:`weighted_terms` into G's total loss and its diagnostics.
+
+        Returns:
+            ``(total, parts)`` as :meth:`__call__` describes.
+        """
+        total = weighted["recon"] + weighted["gan"] + weighted["fm"] + weighted["smooth"]
         parts: dict[str, Tensor] = {f"w_{n}": weighted[n].detach() for n in PART_NAMES}
         parts.update(loss_shares(weighted))
-        parts.update({n: raw[n].detach() for n in PART_NAMES})
-        parts["recon_l1"] = recon_parts["l1"]
-        parts["recon_dssim"] = recon_parts["dssim"]
+        parts.update(raw)
         parts["total"] = total.detach()
         parts.update(stats)
         return total, parts
+
+
+def gradient_shares(weighted: dict[str, Tensor], output: Tensor) -> dict[str, Tensor]:
+    """How hard each weighted term of G's loss pulls on G's output image.
+
+    For each term ``t``: ``gnorm_<name> = ‖∂t/∂output‖₂`` (over the whole batch) and
+    ``gshare_<name> = 100 · gnorm / Σ gnorm`` (percent; all 0 when every norm is 0). This, not
+    the share of the loss *value*, says what drives G: a GAN term whose value is nearly constant
+    (D at chance) can hold half the loss value while contributing a small gradient, and a term's
+    gradient grows linearly with its weight, so a target share can be reached by solving for the
+    weight. The output is G's image (before R's warp), the one point every term passes through.
+
+    Costs one extra backward pass per active term through the loss and D/R (not through G), so
+    the trainer measures it every few steps only. The graphs are kept for the real backward.
+
+    Args:
+        weighted: ``{name: weighted term}`` as :meth:`GeneratorLoss.weighted_terms` returns.
+        output: G's output tensor the terms were computed from (requires grad).
+
+    Returns:
+        Detached 0-dim float32 tensors ``gnorm_<name>`` and ``gshare_<name>`` for every name.
+    """
+    norms: dict[str, Tensor] = {}
+    for name, term in weighted.items():
+        grad = None
+        if term.requires_grad:
+            (grad,) = torch.autograd.grad(term, output, retain_graph=True, allow_unused=True)
+        norms[name] = (
+            grad.detach().float().norm()
+            if grad is not None
+            else output.new_zeros((), dtype=torch.float32)
+        )
+    stacked = torch.stack(list(norms.values()))
+    shares = 100.0 * stacked / stacked.sum().clamp_min(_TINY)
+    out = {f"gnorm_{n}": norms[n] for n in norms}
+    out.update({f"gshare_{n}": shares[i] for i, n in enumerate(norms)})
+    return out
 
 
 class DiscriminatorLoss:

@@ -183,35 +183,40 @@ class MultiScaleDiscriminator(nn.Module):
         return tuple(t.shape)  # type: ignore[return-value]
 
 
-def resolve_d_conditional(cfg: ModelConfig) -> bool:
+def resolve_d_conditional(cfg: ModelConfig, pairs_misaligned: bool = False) -> bool:
     """Decide whether D is conditioned on the input image, and log which and why.
 
-    ``auto`` is unconditional when R is on: with misaligned pairs a conditional D sees real
-    pairs that are misaligned and fake ones that are aligned, and can learn to reward
-    misalignment (RegGAN keeps D unconditional in its registration mode). Otherwise it is
-    conditional, as in pix2pix.
+    A conditional D judges (input, image) pairs. With misaligned pairs its real pairs are
+    misaligned while G's fakes are aligned with the input, so it can tell them apart by the
+    misalignment alone and reward G for reproducing it. ``auto`` is therefore conditional
+    (pix2pix) only when the pairs are aligned *and* R is off; it is unconditional when the
+    pairs are misaligned (whatever R does) and when R is on (RegGAN keeps D unconditional in
+    its registration mode: R exists because the pairs are not trusted to be aligned).
 
     Args:
         cfg: the ``model`` section (``D.conditional`` and ``R.enabled`` are read).
+        pairs_misaligned: whether the training pairs are misaligned (``data.pairs`` resolved).
 
     Returns:
         ``True`` for a conditional D.
     """
     choice = cfg.D.conditional
     if choice == "auto":
-        conditional = not cfg.R.enabled
-        why = (
-            "auto: R is on, so D must not see the input paired with a misaligned target"
-            if cfg.R.enabled
-            else "auto: R is off, pix2pix-style input conditioning"
-        )
+        conditional = not cfg.R.enabled and not pairs_misaligned
+        if pairs_misaligned:
+            why = "auto: the pairs are misaligned, so D must not see the input beside the target"
+        elif cfg.R.enabled:
+            why = "auto: R is on, so D must not see the input paired with a misaligned target"
+        else:
+            why = "auto: the pairs are aligned and R is off, pix2pix-style input conditioning"
     else:
         conditional = choice == "yes"
         why = f"model.D.conditional: {choice}"
-        if conditional and cfg.R.enabled:
+        if conditional and (cfg.R.enabled or pairs_misaligned):
             logger.warning(
-                "D is conditioned on the input while R is on: real pairs are misaligned and "
-                "fake pairs aligned, so D can learn to reward misalignment"
+                "D is conditioned on the input while %s: real pairs are misaligned and fake "
+                "pairs aligned, so D can learn to reward misalignment",
+                "the pairs are misaligned" if pairs_misaligned else "R is on",
             )
     logger.info("D is %s (%s)", "conditional" if conditional else "unconditional", why)
     return conditional

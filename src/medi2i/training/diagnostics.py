@@ -498,6 +498,9 @@ def _duration(seconds: float) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
+_PARTS = ("recon", "gan", "fm", "smooth")
+
+
 def epoch_summary_line(
     epoch: int, epochs: int, scalars: Mapping[str, float], *, seconds: float
 ) -> str:
@@ -505,18 +508,20 @@ def epoch_summary_line(
 
     Example::
 
-        epoch 3/10 | 41s 12.5 img/s | G 0.532 (recon 61% gan 14% fm 25%) | D_real 0.710
+        epoch 3/10 | 41s 12.5 img/s | G 0.532 (grad recon 61% gan 14% fm 25%) | D_real 0.710
         D_fake 0.320 acc 0.830 | gradG 3.10 clipG 12% gradD 28.4 clipD 88% | val psnr 31.2
         (lung 32.0) ssim 0.941 (lung 0.950) | best psnr_mask 32.0@3
 
-    (one line in reality). Shares (``share_*``) are in percent and a share of exactly 0 (a part
-    that is off) is not shown; clip rates (``clip_rate_*``) and ``D_acc`` are fractions in
+    (one line in reality). Shares are in percent: the gradient shares ``gshare_*`` ("grad") when
+    they were measured, else the loss-value shares ``share_*`` ("value"); a share of exactly 0
+    (a part that is off) is not shown; clip rates (``clip_rate_*``) and ``D_acc`` are fractions in
     ``[0, 1]``; clip rates are shown in percent.
 
     Args:
         epoch: the epoch just finished, as it should be shown.
         epochs: the total number of epochs.
-        scalars: the epoch's values; reads ``loss_G``, ``share_{recon,gan,fm,smooth}``,
+        scalars: the epoch's values; reads ``loss_G``, ``gshare_{recon,gan,fm,smooth}`` (else
+            ``share_{recon,gan,fm,smooth}``),
             ``D_real``, ``D_fake``, ``D_acc``, ``grad_norm_{G,R,D}``, ``clip_rate_{G,R,D}``,
             ``val_psnr``, ``val_psnr_mask``, ``val_ssim``, ``val_ssim_mask``, ``best_metric``,
             ``best_value``, ``best_epoch``, ``images_per_s``.
@@ -533,14 +538,19 @@ def epoch_summary_line(
         timing += f" {_num(s['images_per_s'])} img/s"
     parts.append(timing)
 
+    # What drives G is each term's gradient on G's output (gshare_*), not its share of the
+    # loss value (share_*): a GAN term at chance holds a large, nearly constant value while
+    # pulling little. The value shares are shown only when no gradient share was measured.
+    kind = "gshare" if any(f"gshare_{n}" in s for n in _PARTS) else "share"
     shares = [
-        f"{name} {_pct(s[f'share_{name}'])}"
-        for name in ("recon", "gan", "fm", "smooth")
-        if f"share_{name}" in s and _is_nonzero(s[f"share_{name}"])
+        f"{name} {_pct(s[f'{kind}_{name}'])}"
+        for name in _PARTS
+        if f"{kind}_{name}" in s and _is_nonzero(s[f"{kind}_{name}"])
     ]
     if "loss_G" in s or shares:
         g = f"G {_num(s['loss_G'])}" if "loss_G" in s else "G"
-        parts.append(f"{g} ({' '.join(shares)})" if shares else g)
+        label = "grad " if kind == "gshare" else "value "
+        parts.append(f"{g} ({label}{' '.join(shares)})" if shares else g)
 
     d = [f"{key} {_num(s[key])}" for key in ("D_real", "D_fake") if key in s]
     if "D_acc" in s:

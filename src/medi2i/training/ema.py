@@ -34,7 +34,37 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EMA", "unwrap_model"]
+__all__ = ["EMA", "resolve_warmup_steps", "unwrap_model"]
+
+
+def resolve_warmup_steps(decay: float, warmup_steps: int | None, *, pretrained: bool) -> int:
+    """The EMA warm-up a run uses (``train.ema_warmup_steps`` resolved).
+
+    The warm-up exists to forget a *random* initialisation. Without it an EMA of decay ``d``
+    still holds ``d**t`` of the initial weights after ``t`` steps: 30% after 1,200 steps at
+    ``d = 0.999``, i.e. validation and the best checkpoint would use a blend of a trained and a
+    random network. Any warm-up makes the first update a plain copy (``decay_eff(0) = 0``), so
+    none of the initialisation survives. Rules:
+
+    * a generator started from ``pretrained_G`` is not random and its EMA is already averaged:
+      no warm-up (0), so the loaded EMA is continued at the full decay instead of being
+      overwritten by the online weights at the first step;
+    * ``None`` (the default): ``round(1 / (1 - decay))`` steps, the EMA's own horizon;
+    * otherwise the value given (0 = full decay from the first update, an explicit choice).
+
+    Args:
+        decay: the EMA decay in ``[0, 1)``.
+        warmup_steps: the configured warm-up, or None for the default.
+        pretrained: whether G (and its EMA) were loaded from ``pretrained_G``.
+
+    Returns:
+        The warm-up length in optimiser steps.
+    """
+    if pretrained:
+        return 0
+    if warmup_steps is None:
+        return round(1.0 / (1.0 - decay)) if decay > 0 else 0
+    return int(warmup_steps)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -55,11 +55,12 @@ from medi2i.data.dataset import (
     build_dataloader,
     build_dataset,
     build_normalizer,
+    resolve_pairs,
 )
 from medi2i.data.normalization import Normalizer
 from medi2i.evaluation.baseline import identity_baseline
 from medi2i.inference.loading import load_generator
-from medi2i.losses import DiscriminatorLoss, GeneratorLoss
+from medi2i.losses import DiscriminatorLoss, GeneratorLoss, gradient_shares
 from medi2i.models import build_discriminator, build_generator, build_registration
 from medi2i.models.discriminator import resolve_d_conditional
 from medi2i.models.registration import warp
@@ -86,7 +87,7 @@ from medi2i.training.distributed import (
     init_distributed,
     unwrap,
 )
-from medi2i.training.ema import EMA
+from medi2i.training.ema import EMA, resolve_warmup_steps
 from medi2i.training.sampler import EpochSampler
 from medi2i.training.schedules import build_scheduler
 from medi2i.training.validation import EvalResult, evaluate_generator
@@ -106,11 +107,16 @@ def mode_name(cfg: Config) -> str:
     return "G" + ("+R" if cfg.model.R.enabled else "") + ("+D" if cfg.model.D.enabled else "")
 
 
-def _split(outputs: list, n: int) -> tuple[list, list]:
-    """Split D's outputs on ``cat([real, fake])`` into the real and the fake half."""
-    real = [(logits[:n], [f[:n] for f in feats]) for logits, feats in outputs]
-    fake = [(logits[n:], [f[n:] for f in feats]) for logits, feats in outputs]
-    return real, fake
+def _split(outputs: list, n: int) -> list[list]:
+    """Split D's outputs on ``cat([a, b, ...])`` (``n`` images each) into one output per part."""
+    parts = outputs[0][0].shape[0] // n
+    return [
+        [
+            (logits[k * n : (k + 1) * n], [f[k * n : (k + 1) * n] for f in feats])
+            for logits, feats in outputs
+        ]
+        for k in range(parts)
+    ]
 
 
 def _seed_everything(seed: int) -> None:
@@ -169,6 +175,11 @@ class Trainer:
             self.train_set, cfg, shuffle=False, sampler=self.sampler, pin_memory=self._pin()
         )
         self.val_set = self._optional_split("val")
+        self.pairs_misaligned, why = resolve_pairs(cfg, self.train_set)
+        log.info(
+            "training pairs: %s (%s)", "misaligned" if self.pairs_misaligned else "aligned", why
+        )
+        self.pairs_reason = why
         self.val_loader = self._eval_loader(self.val_set)
 
         # -- networks, optimisers, schedules ---------------------------------------------------
@@ -177,12 +188,15 @@ class Trainer:
         self.d_conditional = False
         self.D = None
         if cfg.model.D.enabled:
-            self.d_conditional = resolve_d_conditional(cfg.model)
+            self.d_conditional = resolve_d_conditional(cfg.model, self.pairs_misaligned)
             self.D = build_discriminator(cfg.model.D, self.d_conditional).to(self.device)
         self.memory_format = torch.channels_last if tc.channels_last else torch.preserve_format
         for net in self._nets().values():
             net.to(memory_format=self.memory_format)
-        self.ema = EMA(self.G, tc.ema_decay, tc.ema_warmup_steps)
+        warmup = resolve_warmup_steps(
+            tc.ema_decay, tc.ema_warmup_steps, pretrained=bool(tc.pretrained_G)
+        )
+        self.ema = EMA(self.G, tc.ema_decay, warmup)
         if tc.pretrained_G and resume is None:
             info = load_pretrained_generator(tc.pretrained_G, self.G, self.ema)
             log.info("initialised G from %s: %s", tc.pretrained_G, info)
@@ -335,7 +349,7 @@ class Trainer:
         y_hat = y_hat.float()
 
         d_total = None
-        cond = torch.cat([x, x]) if self.D is not None and self.d_conditional else None
+        cond = torch.cat([x, x]) if self.d_conditional else None
         if self.D is not None:
             apply_r1 = self.d_loss.r1_due(self.d_step)
             real = y.detach().requires_grad_(apply_r1)
@@ -350,27 +364,51 @@ class Trainer:
             stats["loss_D"] = d_total.detach()
             stats.update(self._clip("D"))
 
+        # G (and R) step. Every position-wise loss compares images in the target's frame:
+        # with R on that is warp(G(x)), and the lung mask (drawn in the input's frame) is
+        # warped by the same field, detached so that R cannot shrink the weighted region.
         field = None
-        pred = y_hat
+        pred, pred_mask = y_hat, mask
         if self.R is not None:
             with self._autocast():
                 field = self.R(y_hat, y)
             field = field.float()
             pred = warp(y_hat, field)
+            pred_mask = warp(mask, field.detach())
             stats["field_max_px"] = field.detach().norm(dim=1).amax()
-        real_out = fake_out = None
+        real_out = fake_out = fm_out = None
         if self.D is not None:
+            # GAN term on G's own output: position-free, and what D was trained on. Feature
+            # matching is a position-wise L1 between D's feature maps of the target and of the
+            # image in the target's frame (warp(G(x)) with R on): against the unwarped output
+            # it would pull G towards reproducing the target's misalignment.
+            images = [y, y_hat]
+            if self.R is not None and self.cfg.loss.feat_match_weight > 0:
+                images.append(pred)
             d_net = unwrap(self.D)
             d_net.requires_grad_(False)
             try:
+                cond_g = torch.cat([x] * len(images)) if self.d_conditional else None
                 with self._autocast():
-                    outputs = d_net(torch.cat([y, y_hat]), cond)
-                real_out, fake_out = _split(outputs, n)
+                    outputs = d_net(torch.cat(images), cond_g)
+                chunks = _split(outputs, n)
+                real_out, fake_out = chunks[0], chunks[1]
+                fm_out = chunks[2] if len(chunks) > 2 else None
             finally:
                 d_net.requires_grad_(True)
-        g_total, g_parts = self.g_loss(
-            pred, y, mask, fake_outputs=fake_out, real_outputs=real_out, field=field
+        weighted, raw, d_view = self.g_loss.weighted_terms(
+            pred,
+            y,
+            pred_mask,
+            fake_outputs=fake_out,
+            real_outputs=real_out,
+            fm_outputs=fm_out,
+            field=field,
         )
+        every = self.cfg.logging.gshare_every
+        if every and self.global_step % every == 0:
+            stats.update(gradient_shares(weighted, y_hat))
+        g_total, g_parts = self.g_loss.summarise(weighted, raw, d_view)
         self.scaler.scale(g_total).backward()
         for key in ("D_real", "D_fake", "total"):  # D's view comes from the D step; total=loss_G
             g_parts.pop(key, None)
@@ -648,6 +686,8 @@ class Trainer:
             "best": self.best,
             "wall_seconds": self.wall_seconds,
             "run_dir": str(self.run_dir),
+            "pairs": {"misaligned": self.pairs_misaligned, "reason": self.pairs_reason},
+            "D_conditional": self.d_conditional if self.D is not None else None,
             "medi2i_version": __version__,
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }

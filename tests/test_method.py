@@ -1,0 +1,215 @@
+"""The registration-aware GAN step: every position-wise loss in the target's frame, gradient
+shares of G's loss terms, D conditioning from the pairs' alignment, and a safe EMA."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medi2i.config import LossConfig, load_config
+from medi2i.losses import GeneratorLoss, feature_matching_loss, gradient_shares
+from medi2i.models import build_discriminator
+from medi2i.models.discriminator import resolve_d_conditional
+from medi2i.models.registration import warp
+from medi2i.training.distributed import DistContext
+from medi2i.training.ema import EMA, resolve_warmup_steps
+from medi2i.training.trainer import Trainer
+from tinydata import tiny_config, write_pairs
+
+
+def smooth_field(n: int, size: int, max_px: float, seed: int) -> torch.Tensor:
+    """A smooth random displacement (N, 2, H, W) in pixels, at most about ``max_px``."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand((n, 2, 4, 4), generator=g) * 2 - 1
+    field = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic")
+    return field * max_px / field.abs().amax().clamp_min(1e-6)
+
+
+def textured(n: int, size: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand((n, 1, size // 4, size // 4), generator=g)
+    return torch.nn.functional.interpolate(base, size=(size, size), mode="bilinear")
+
+
+# --------------------------------------------------------------------------------------------
+# feature matching compares images in the same frame
+# --------------------------------------------------------------------------------------------
+
+
+def test_feature_matching_in_the_target_frame_does_not_charge_a_perfect_generator():
+    """A perfect G (output = aligned truth) whose output R warps exactly onto the misaligned
+    target pays no FM in the target's frame, but does pay FM against its unwarped output -
+    a pull towards reproducing the misalignment."""
+    torch.manual_seed(0)
+    truth = textured(2, 48, seed=1)
+    field = smooth_field(2, 48, 3.0, seed=2)
+    target = warp(truth, field)  # the misaligned target
+    d_cfg = load_config(None, ["model.D.base_channels=8", "model.D.n_layers=2"]).model.D
+    d = build_discriminator(d_cfg, conditional=False).eval()  # fixed spectral-norm vectors
+    real, unwarped, in_frame = d(target), d(truth), d(warp(truth, field))
+    assert feature_matching_loss(real, in_frame).item() < 1e-6
+    assert feature_matching_loss(real, unwarped).item() > 1e-4
+
+    loss = GeneratorLoss(LossConfig(gan_weight=0.0, feat_match_weight=1.0), data_range=1.0)
+    _, parts = loss(
+        warp(truth, field),
+        target,
+        fake_outputs=unwarped,
+        real_outputs=real,
+        fm_outputs=in_frame,
+    )
+    assert parts["fm"].item() < 1e-6  # FM used the in-frame outputs, not the GAN's
+    _, parts_default = loss(warp(truth, field), target, fake_outputs=unwarped, real_outputs=real)
+    assert parts_default["fm"].item() > 1e-4  # without fm_outputs FM falls back to fake_outputs
+
+
+@pytest.fixture(scope="module")
+def misaligned_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pairs")
+    return write_pairs(
+        root, {"train": 4, "val": 2}, np.random.default_rng(0), target_shift=2, aligned=True
+    )
+
+
+def make_trainer(root: Path, tmp_path: Path, *overrides: str) -> Trainer:
+    cfg = tiny_config(
+        root,
+        "model.R.enabled=true",
+        "model.D.enabled=true",
+        "train.epochs=1",
+        "train.steps_per_epoch=2",
+        "logging.tensorboard=false",
+        "eval.test_at_end=false",
+        "logging.gshare_every=1",
+        *overrides,
+    )
+    return Trainer(cfg, tmp_path / "run", DistContext())
+
+
+def first_batch(trainer: Trainer) -> dict:
+    trainer.sampler.set_epoch(0, 0)
+    return next(iter(trainer.train_loader))
+
+
+def test_train_step_compares_in_the_target_frame(misaligned_root, tmp_path, monkeypatch):
+    """With R on: FM's fake features come from warp(G(x)), the GAN term's from G(x), and the
+    lung mask weighting the reconstruction is warped by R's (detached) field."""
+    trainer = make_trainer(misaligned_root, tmp_path)
+    seen: dict = {}
+    original_terms = trainer.g_loss.weighted_terms
+
+    def spy_terms(pred, target, mask=None, **kwargs):
+        seen.update(pred=pred.detach(), mask=mask.detach(), field=kwargs["field"].detach())
+        seen.update(fm=kwargs["fm_outputs"], fake=kwargs["fake_outputs"])
+        return original_terms(pred, target, mask, **kwargs)
+
+    monkeypatch.setattr(trainer.g_loss, "weighted_terms", spy_terms)
+    d_inputs: list[torch.Tensor] = []
+    d_net = trainer.D
+    d_net.register_forward_pre_hook(lambda _m, args: d_inputs.append(args[0].detach()))
+    g_outputs: list[torch.Tensor] = []
+    trainer.G.register_forward_hook(lambda _m, _a, out: g_outputs.append(out.detach()))
+
+    batch = first_batch(trainer)
+    trainer.train_step(batch)
+    n = batch["input"].shape[0]
+    y_hat = g_outputs[0]
+    g_step_input = d_inputs[-1]  # the G step's call: cat([target, G(x), warp(G(x))])
+    assert g_step_input.shape[0] == 3 * n
+    torch.testing.assert_close(g_step_input[n : 2 * n], y_hat)
+    torch.testing.assert_close(g_step_input[2 * n :], seen["pred"])
+    torch.testing.assert_close(seen["pred"], warp(y_hat, seen["field"]))
+    # the mask is in the target's frame, like the prediction it weights
+    torch.testing.assert_close(seen["mask"], warp(batch["mask"], seen["field"]))
+    assert seen["fm"] is not None and seen["fm"] is not seen["fake"]
+
+
+def test_train_step_logs_gradient_shares(misaligned_root, tmp_path):
+    trainer = make_trainer(misaligned_root, tmp_path)
+    stats = trainer.train_step(first_batch(trainer))
+    names = ("recon", "gan", "fm", "smooth")
+    shares = [float(stats[f"gshare_{n}"]) for n in names]
+    assert sum(shares) == pytest.approx(100.0, abs=1e-3)
+    # R starts at the identity (a zero field), where the smoothness term has no gradient yet
+    assert all(float(stats[f"gnorm_{n}"]) > 0 for n in ("recon", "gan", "fm"))
+    # every `gshare_every` steps only
+    trainer.cfg.logging.gshare_every = 2
+    stats = trainer.train_step(first_batch(trainer))  # global step 1: not measured
+    assert "gshare_recon" not in stats
+
+
+def test_gradient_shares_match_analytic_norms():
+    out = torch.linspace(-1, 1, 16).reshape(1, 1, 4, 4).requires_grad_(True)
+    terms = {
+        "recon": 3.0 * out.sum(),  # gradient 3 everywhere: norm 3 * sqrt(16) = 12
+        "gan": out.square().sum(),  # gradient 2 * out
+        "fm": torch.zeros(()),  # off: a constant
+    }
+    got = gradient_shares(terms, out)
+    expected_gan = 2.0 * out.detach().norm().item()
+    assert got["gnorm_recon"].item() == pytest.approx(12.0, rel=1e-6)
+    assert got["gnorm_gan"].item() == pytest.approx(expected_gan, rel=1e-6)
+    assert got["gnorm_fm"].item() == 0.0
+    total = 12.0 + expected_gan
+    assert got["gshare_recon"].item() == pytest.approx(100 * 12.0 / total, rel=1e-6)
+    # the graphs survive for the real backward pass
+    (terms["recon"] + terms["gan"]).backward()
+    assert out.grad is not None
+
+
+# --------------------------------------------------------------------------------------------
+# D's conditioning follows the pairs' alignment
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("r_on", "misaligned", "expected"),
+    [(False, False, True), (False, True, False), (True, False, False), (True, True, False)],
+)
+def test_auto_conditioning_depends_on_misaligned_pairs(r_on, misaligned, expected):
+    model = load_config(None, [f"model.R.enabled={str(r_on).lower()}"]).model
+    assert resolve_d_conditional(model, pairs_misaligned=misaligned) is expected
+
+
+def test_trainer_makes_d_unconditional_on_misaligned_pairs_without_r(misaligned_root, tmp_path):
+    # the folder ships aligned targets, so its targets are the misaligned ones
+    trainer = make_trainer(misaligned_root, tmp_path, "model.R.enabled=false")
+    assert trainer.pairs_misaligned and not trainer.d_conditional
+    aligned = make_trainer(misaligned_root, tmp_path, "model.R.enabled=false", "data.pairs=aligned")
+    assert aligned.d_conditional
+
+
+# --------------------------------------------------------------------------------------------
+# EMA
+# --------------------------------------------------------------------------------------------
+
+
+def test_default_ema_keeps_nothing_of_the_random_initialisation():
+    cfg = load_config(None, [])
+    warmup = resolve_warmup_steps(cfg.train.ema_decay, cfg.train.ema_warmup_steps, pretrained=False)
+    assert warmup == round(1 / (1 - cfg.train.ema_decay))
+    net = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.constant_(net.weight, 0.0)  # "random" initialisation = 0
+    ema = EMA(net, cfg.train.ema_decay, warmup)
+    torch.nn.init.constant_(net.weight, 1.0)  # trained weights = 1 from the first step on
+    for step in range(1200):  # ten epochs of the benchmark at batch 4
+        ema.update(net, step)
+    # without a warm-up 0.999**1200 = 30% of the initial weights would remain
+    assert ema.module.weight.item() == pytest.approx(1.0, abs=1e-6)
+    assert abs(0.999**1200 - 0.30) < 0.01
+
+
+def test_pretrained_ema_is_continued_not_overwritten():
+    warmup = resolve_warmup_steps(0.99, 1000, pretrained=True)
+    assert warmup == 0
+    net = torch.nn.Linear(1, 1, bias=False)
+    ema = EMA(net, 0.99, warmup)
+    torch.nn.init.constant_(ema.module.weight, 5.0)  # the loaded EMA
+    torch.nn.init.constant_(net.weight, 7.0)  # the loaded online weights
+    ema.update(net, 0)
+    assert ema.module.weight.item() == pytest.approx(0.99 * 5.0 + 0.01 * 7.0)
+    assert not math.isclose(ema.module.weight.item(), 7.0)
