@@ -3,6 +3,7 @@ shares of G's loss terms, D conditioning from the pairs' alignment, and a safe E
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -213,3 +214,40 @@ def test_pretrained_ema_is_continued_not_overwritten():
     ema.update(net, 0)
     assert ema.module.weight.item() == pytest.approx(0.99 * 5.0 + 0.01 * 7.0)
     assert not math.isclose(ema.module.weight.item(), 7.0)
+
+
+# --------------------------------------------------------------------------------------------
+# a run reports its own loss jumps
+# --------------------------------------------------------------------------------------------
+
+
+def test_run_reports_a_loss_jump_itself(misaligned_root, tmp_path, monkeypatch, capsys):
+    """The real failure: reconstruction loss 0.100 -> 0.204 and validation lung PSNR
+    31.2 -> 25.6 dB at epoch 4. The run must flag it, not just keep the pre-jump best."""
+    trainer = make_trainer(
+        misaligned_root, tmp_path, "model.R.enabled=false", "model.D.enabled=false"
+    )
+    trainer.cfg.train.epochs = 5
+    recon = iter([0.30, 0.15, 0.10, 0.204, 0.21])
+    psnr = iter([25.0, 29.0, 31.2, 25.6, 25.5])
+
+    def fake_epoch():
+        trainer.global_step += trainer.steps_per_epoch
+        value = next(recon)
+        return {"loss_G": value, "w_recon": value}
+
+    class FakeResult:
+        def __init__(self, value: float) -> None:
+            self.metrics = {"psnr_mask": value, "psnr": value}
+            self.samples = {}
+
+    monkeypatch.setattr(trainer, "train_epoch", fake_epoch)
+    monkeypatch.setattr(trainer, "validate", lambda: FakeResult(next(psnr)))
+    summary = trainer.fit()
+    found = {(j["epoch"], j["key"]) for j in summary["instabilities"]}
+    assert (4, "val_psnr_mask") in found
+    assert any(epoch == 4 and key.startswith("train_") for epoch, key in found)
+    assert "training instability at epoch 4" in capsys.readouterr().out
+    assert summary["best"]["epoch"] == 3
+    saved = json.loads((trainer.run_dir / "summary.json").read_text())
+    assert saved["instabilities"] == summary["instabilities"]

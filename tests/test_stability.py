@@ -117,3 +117,20 @@ def test_find_instabilities_on_an_epoch_log():
     healthy = [{"epoch": e, "train_loss_G": 1 / e, "val_psnr_mask": 20 + e} for e in range(1, 9)]
     assert find_instabilities(healthy) == []
     assert find_instabilities([{"epoch": 1}]) == []
+
+
+def test_gan_terms_rising_as_d_learns_is_not_a_jump():
+    """With D on, G's total loss rises as D learns (the GAN term grows); the watched series is
+    the reconstruction part, which keeps falling."""
+    rows = [
+        {
+            "epoch": e,
+            "train_loss_G": 0.3 + 0.1 * e,
+            "train_w_recon": 0.3 / e,
+            "val_psnr_mask": 30 + e,
+        }
+        for e in range(1, 8)
+    ]
+    assert find_instabilities(rows) == []
+    without_recon = [{k: v for k, v in r.items() if k != "train_w_recon"} for r in rows]
+    assert [j.key for j in find_instabilities(without_recon)] == ["train_loss_G"]

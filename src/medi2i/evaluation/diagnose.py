@@ -902,7 +902,7 @@ def _instabilities(run: RunRecord) -> tuple[list[dict[str, Any]] | None, str]:
     recorded = run.instabilities
     if recorded is not None:
         return recorded, "summary.json"
-    keys = ("train_loss_G", "val_psnr_mask", "val_psnr")
+    keys = ("train_w_recon", "train_loss_G", "val_psnr_mask", "val_psnr")
     if not any(run.has_key(k) for k in keys):
         return None, "not logged (no instabilities in summary.json, no loss or PSNR in the log)"
     return [j.to_dict() for j in find_instabilities(run.epochs)], "epoch log"

@@ -25,6 +25,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "FALLBACK_KEYS",
     "INSTABILITY_KEYS",
     "LOSS_RISE_FACTOR",
     "METRIC_REL_DROP",
@@ -61,12 +62,24 @@ under 1% of their value (SSIM moves in the third decimal between epochs), so a 1
 order of magnitude beyond it."""
 
 INSTABILITY_KEYS: tuple[tuple[str, bool], ...] = (
-    ("train_loss_G", False),
+    ("train_w_recon", False),
     ("val_psnr_mask", True),
 )
 """The epoch-log keys :func:`find_instabilities` watches, with ``higher_is_better``: G's
-training loss and validation lung PSNR (``val_psnr`` stands in for the latter when the run has
-no mask)."""
+weighted reconstruction loss and validation lung PSNR.
+
+The reconstruction part rather than G's whole loss: with D on, the adversarial and
+feature-matching parts rise legitimately as D learns to separate real from fake (an LSGAN G
+term can go from 0.25 towards 1), which would read as a jump of the total. The reconstruction
+must not jump in any mode.
+"""
+
+FALLBACK_KEYS: dict[str, str] = {
+    "train_w_recon": "train_loss_G",
+    "val_psnr_mask": "val_psnr",
+}
+"""Stand-ins when a log has no value for a watched key: G's whole loss for a log without the
+reconstruction part, whole-image PSNR for a run without a mask."""
 
 
 @dataclass(frozen=True)
@@ -199,8 +212,8 @@ def find_instabilities(
     Args:
         rows: epoch-log rows (dicts with ``epoch`` and the logged values, as in
             ``metrics/epochs.jsonl``); rows without ``epoch`` are ignored.
-        keys: ``(key, higher_is_better)`` pairs to check; a ``*_mask`` key falls back to its
-            whole-image twin when no row has it.
+        keys: ``(key, higher_is_better)`` pairs to check; a key of :data:`FALLBACK_KEYS`
+            falls back to its stand-in when no row has it.
 
     Returns:
         The jumps of every key, in epoch order (empty when no key is logged).
@@ -209,8 +222,8 @@ def find_instabilities(
     jumps: list[Jump] = []
     for key, higher in keys:
         name = key
-        if not any(_finite(r.get(name)) for r in rows) and key.endswith("_mask"):
-            name = key[: -len("_mask")]
+        if not any(_finite(r.get(name)) for r in rows) and key in FALLBACK_KEYS:
+            name = FALLBACK_KEYS[key]
         series = [(r["epoch"], r[name]) for r in rows if _finite(r.get(name))]
         if not series:
             continue

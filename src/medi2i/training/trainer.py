@@ -90,6 +90,7 @@ from medi2i.training.distributed import (
 from medi2i.training.ema import EMA, resolve_warmup_steps
 from medi2i.training.sampler import EpochSampler
 from medi2i.training.schedules import build_scheduler
+from medi2i.training.stability import FALLBACK_KEYS, INSTABILITY_KEYS, find_instabilities
 from medi2i.training.validation import EvalResult, evaluate_generator
 from medi2i.utils.atomic import atomic_write_text
 
@@ -232,6 +233,9 @@ class Trainer:
         self.nonfinite_in_row = 0
         self.best: dict[str, Any] = {"metric": cfg.eval.best_metric, "value": None, "epoch": None}
         self.wall_seconds = 0.0
+        # the per-epoch values the run checks for loss jumps and collapses (its own alarm)
+        self.history: list[dict[str, float]] = []
+        self.instabilities: list[dict[str, Any]] = []
         self.checkpoints = CheckpointManager(self.run_dir, keep_every=tc.checkpoint_every)
         if resume is not None:
             self._restore(resume)
@@ -573,6 +577,7 @@ class Trainer:
                     self.steps_per_epoch * cfg.data.batch_size * self.ctx.world_size / seconds
                 )
                 self.logger.log_epoch(self.epoch, scalars)
+                self._check_stability(scalars)
                 if self.ctx.is_main:
                     line = epoch_summary_line(
                         self.epoch,
@@ -598,6 +603,30 @@ class Trainer:
         summary = self._final_summary()
         self.logger.close()
         return summary
+
+    def _check_stability(self, scalars: dict[str, float]) -> None:
+        """Record this epoch's checked values and report a loss jump or collapse it shows.
+
+        A run that breaks (training loss doubling, validation PSNR falling by several dB) keeps
+        a best checkpoint from before the break and could pass for a fair ablation arm; it says
+        so itself, in the log, on the console and in ``summary.json`` (``instabilities``).
+        """
+        keys = [key for key, _ in INSTABILITY_KEYS]
+        keys += [FALLBACK_KEYS[k] for k in keys if k in FALLBACK_KEYS]
+        row = {"epoch": self.epoch, **{k: float(scalars[k]) for k in keys if k in scalars}}
+        self.history.append(row)
+        for jump in find_instabilities(self.history):
+            if jump.epoch != self.epoch:
+                continue
+            self.instabilities.append(jump.to_dict())
+            message = (
+                f"training instability at epoch {jump.epoch}: {jump.message}; the best "
+                f"checkpoint (epoch {self.best['epoch']}) may predate it - lower the "
+                "learning rates or check the data"
+            )
+            log.warning(message)
+            if self.ctx.is_main:
+                print(f"warning: {message}", flush=True)
 
     def _log_samples(self, result: EvalResult) -> None:
         if not self.ctx.is_main or not result.samples:
@@ -635,6 +664,8 @@ class Trainer:
             best=dict(self.best),
             normalizer=self.normalizer.state_dict(),
             wall_seconds=self.wall_seconds,
+            history=list(self.history),
+            instabilities=list(self.instabilities),
             mode=mode_name(self.cfg),
         )
 
@@ -664,6 +695,8 @@ class Trainer:
         self.skipped_steps = state["skipped_steps"]
         self.best = dict(state["best"])
         self.wall_seconds = state.get("wall_seconds", 0.0)
+        self.history = list(state.get("history", []))
+        self.instabilities = list(state.get("instabilities", []))
         restore_rng_state(state["rng"])
         log.info(
             "resumed at epoch %d, step %d (%d into the epoch)",
@@ -688,6 +721,7 @@ class Trainer:
             "run_dir": str(self.run_dir),
             "pairs": {"misaligned": self.pairs_misaligned, "reason": self.pairs_reason},
             "D_conditional": self.d_conditional if self.D is not None else None,
+            "instabilities": list(self.instabilities),
             "medi2i_version": __version__,
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
