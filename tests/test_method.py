@@ -320,3 +320,65 @@ def test_registration_field_ignores_the_pair_s_intensity_scale():
     # the same pair at 1% contrast on a grey background, as faint radiograph structure is
     faint = r(0.5 + 0.01 * moving, 0.5 + 0.01 * fixed)
     torch.testing.assert_close(faint, field, atol=1e-4, rtol=1e-3)
+
+
+def test_preset_smoothness_matches_reggan_balance():
+    """RegGAN weighs its L1 (images in [-1, 1]) by 20 and the same smoothness term by 10. The
+    presets' ``smooth_weight`` (recon weight 1, images in [0, 1]) must give R the same balance:
+    on any pair and field, smooth_weight * S / L1_ours == 10 * S / (20 * L1_reggan)."""
+    from medi2i.losses.regularizers import gradient_l2
+
+    a, b = textured(2, 32, seed=6), textured(2, 32, seed=7)
+    field = smooth_field(2, 32, 2.0, seed=8)
+    l1_ours = (a - b).abs().mean()
+    l1_reggan = ((2 * a - 1) - (2 * b - 1)).abs().mean()
+    s = gradient_l2(field)
+    for preset in ("demo.yaml", "gpu-large.yaml"):
+        cfg = load_config(CONFIGS / preset, [])
+        assert cfg.data.normalization.output_range == (0.0, 1.0)
+        ours = cfg.loss.smooth_weight * s / (cfg.loss.recon_weight * l1_ours)
+        reggan = 10.0 * s / (20.0 * l1_reggan)
+        assert ours.item() == pytest.approx(reggan.item(), rel=1e-6), preset
+    # the library default gives the same balance at any data range
+    assert GeneratorLoss(LossConfig(), data_range=1.0).smooth_weight == pytest.approx(0.25)
+    assert GeneratorLoss(LossConfig(), data_range=2.0).smooth_weight == pytest.approx(0.5)
+
+
+# --------------------------------------------------------------------------------------------
+# D sees the detail band at the real images' scale
+# --------------------------------------------------------------------------------------------
+
+
+def test_detail_input_is_scaled_by_the_real_images_not_per_image():
+    from medi2i.models.discriminator import DetailInput
+
+    front = DetailInput()
+    real = 0.5 + 0.01 * textured(4, 48, seed=9)  # faint structure on a grey background
+    gain = front.calibrate([real[i : i + 1] for i in range(4)])
+    assert front(real).std().item() == pytest.approx(1.0, rel=1e-4)
+    assert gain == pytest.approx(1.0 / front.detail(real).std().item(), rel=1e-5)
+    # no detail (float32 rounding of the local mean, times the gain)
+    assert front(torch.full((1, 1, 16, 16), 0.3)).abs().max().item() < 1e-3
+    # a blurred output keeps its smaller detail: one gain for all, no per-image rescaling
+    blurred = torch.nn.functional.avg_pool2d(real, 5, stride=1, padding=2, count_include_pad=False)
+    assert front(blurred).std().item() < 0.7 * front(real).std().item()
+    with pytest.raises(ValueError, match="no detail"):
+        DetailInput().calibrate(torch.zeros(1, 1, 8, 8))
+
+
+def test_detail_input_lets_d_tell_faint_differences_apart():
+    """Spectral norm bounds D's logit differences by the input difference: at 1% contrast a
+    raw-input D cannot separate an image from its blurred copy; the detail input can."""
+    d_cfg = load_config(None, ["model.D.base_channels=8", "model.D.n_layers=2"]).model.D
+    real = 0.5 + 0.01 * textured(2, 48, seed=10)
+    fake = torch.nn.functional.avg_pool2d(real, 5, stride=1, padding=2, count_include_pad=False)
+    gaps = {}
+    for kind in ("raw", "detail"):
+        torch.manual_seed(0)
+        d = build_discriminator(d_cfg.model_copy(update={"input": kind}), conditional=False)
+        if d.front is not None:
+            d.front.calibrate(real)
+        d.eval()
+        out = d(torch.cat([real, fake]))
+        gaps[kind] = sum((logits[:2] - logits[2:]).abs().mean().item() for logits, _ in out)
+    assert gaps["detail"] > 20 * gaps["raw"]

@@ -300,9 +300,10 @@ class RegistrationConfig(_Section):
 class DiscriminatorConfig(_Section):
     """Multi-scale PatchGAN D with spectral normalisation (pix2pixHD defaults).
 
-    ``conditional``: ``auto`` = unconditional when R is on (a D conditioned on the input sees
-    misaligned real pairs and aligned fake ones, and can learn to reward misalignment - the
-    RegGAN lesson), conditional (input concatenated) otherwise.
+    ``conditional``: ``auto`` = unconditional when the training pairs are misaligned
+    (``data.pairs``) or R is on (a D conditioned on the input sees misaligned real pairs and
+    aligned fake ones, and can learn to reward misalignment - the RegGAN lesson); conditional
+    (input concatenated, pix2pix) only for aligned pairs with R off.
     """
 
     enabled: bool = False
@@ -311,6 +312,12 @@ class DiscriminatorConfig(_Section):
     base_channels: int = Field(64, ge=4)
     spectral_norm: bool = True
     conditional: Literal["auto", "yes", "no"] = "auto"
+    input: Literal["detail", "raw"] = Field(
+        "detail",
+        description="what D sees: 'detail' = the image minus its 7x7 local mean, scaled to "
+        "unit std on the real targets (a spectrally normalised D cannot separate raw "
+        "radiographs whose differences are ~1% of the range), or 'raw' images",
+    )
 
 
 class ModelConfig(_Section):
@@ -332,9 +339,9 @@ class LossConfig(_Section):
     ``w_recon = recon_weight * (l1_weight*L1 + ssim_weight*(1 - SSIM))`` with each pixel
     weighted 1 outside the mask and ``lung_weight`` inside. RegGAN's published settings for
     reference: correction (recon) 20, smoothness 10, adversarial 1. Their L1 is on [-1, 1]
-    images, so their smoothness-to-L1 balance is ``smooth_weight ~ data_range / 4`` at
-    ``recon_weight`` 1 (the default 10 holds R ~40x stiffer on [0, 1] data; see
-    ``medi2i.losses.regularizers``). ``r1_weight`` is gamma in ``gamma/2 * E|grad D(real)|^2``
+    images (twice an L1 in [0, 1] units), so their smoothness-to-L1 balance is
+    ``smooth_weight = data_range / 4`` at ``recon_weight`` 1: 0.25 for [0, 1] data, the default
+    (see ``medi2i.losses.regularizers``). ``r1_weight`` is gamma in ``gamma/2 * E|grad D(real)|^2``
     (0 = off), applied every ``r1_interval`` D steps and then multiplied by the interval (lazy
     regularisation, StyleGAN2). Conventions of every term: ``medi2i.losses``.
     """
@@ -348,7 +355,12 @@ class LossConfig(_Section):
     feat_match_weight: float = Field(10.0, ge=0.0)
     r1_weight: float = Field(0.0, ge=0.0)
     r1_interval: int = Field(16, ge=1)
-    smooth_weight: float = Field(10.0, ge=0.0)
+    smooth_weight: float | None = Field(
+        None,
+        ge=0.0,
+        description="weight of R's smoothness term; default (null): data_range / 4, RegGAN's "
+        "balance (smoothness 10 against an L1 on [-1, 1] weighted 20)",
+    )
     smooth_type: Literal["gradient_l2", "bending"] = "gradient_l2"
 
 

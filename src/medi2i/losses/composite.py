@@ -88,6 +88,10 @@ class GeneratorLoss:
         self.cfg = cfg if cfg is not None else LossConfig()
         self.data_range = float(data_range)
         self.adversarial = AdversarialLoss(self.cfg.gan_mode)
+        # RegGAN's balance by default: smoothness 10 against an L1 on [-1, 1] weighted 20
+        self.smooth_weight = (
+            self.cfg.smooth_weight if self.cfg.smooth_weight is not None else self.data_range / 4
+        )
         logger.debug("GeneratorLoss(%s, data_range=%s)", self.cfg, self.data_range)
 
     def __repr__(self) -> str:
@@ -190,14 +194,14 @@ class GeneratorLoss:
         if fake_outputs is not None or real_outputs is not None:
             all_stats = discriminator_stats(real_outputs, fake_outputs, mode=cfg.gan_mode)
             stats = {k: all_stats[k] for k in ("D_real", "D_fake") if k in all_stats}
-        if field is not None and cfg.smooth_weight > 0:
+        if field is not None and self.smooth_weight > 0:
             raw["smooth"] = smoothness_loss(field, cfg.smooth_type)
 
         weights = {
             "recon": cfg.recon_weight,
             "gan": cfg.gan_weight,
             "fm": cfg.feat_match_weight,
-            "smooth": cfg.smooth_weight,
+            "smooth": self.smooth_weight,
         }
         weighted = {name: weights[name] * raw[name] for name in PART_NAMES}
         raw_out = {n: raw[n].detach() for n in PART_NAMES}

@@ -1,15 +1,28 @@
 """The training loop: G-only, G+R, G+D and G+R+D, with EMA validation and exact resume.
 
-One optimisation step, for a batch ``(x, y, mask)`` (input, misaligned target, lung mask)::
+One optimisation step, for a batch ``(x, y, mask)`` (input, possibly misaligned target, lung
+mask drawn in the input's frame)::
 
     y_hat = G(x)
     D step   (when D is on): D_loss = GAN(D(y), D(y_hat.detach())) [+ R1 on lazy steps]
-    G step:  pred = warp(y_hat, R(y_hat, y)) when R is on, else y_hat
-             G_loss = w_recon(pred, y, mask) + gan_weight*GAN(D(y_hat)) + feat_match_weight*FM
-                      [+ smooth_weight*smooth(field)]
+    G step:  with R on:  field = R(y_hat, y);  pred = warp(y_hat, field);
+                         mask_t = warp(mask, field.detach())        (the target's frame)
+             with R off: pred = y_hat;  mask_t = mask
+             G_loss = w_recon(pred, y, mask_t) + gan_weight*GAN(D(y_hat))
+                      + feat_match_weight*FM(D(y), D(pred)) [+ smooth_weight*smooth(field)]
     clip each network's gradient norm (the norm before clipping is logged), then - unless a
     loss or gradient is non-finite, in which case the step is skipped and counted - step the
     optimisers and schedulers and update the EMA of G.
+
+Frames. Every position-wise comparison is made in the target's frame: the reconstruction,
+the lung weighting (the mask is warped by R's field, detached so that R cannot win by shrinking
+the weighted region) and feature matching, a position-wise L1 between D's feature maps, which
+against G's unwarped output would pull G towards reproducing the target's misalignment. The
+adversarial term alone is position-free, and D judges G's own output, as it was trained to.
+
+Gradient shares. Every ``logging.gshare_every`` steps each weighted term's gradient norm on
+``y_hat`` is measured (``gnorm_*``, ``gshare_*``): what drives G, which the loss values'
+shares (``share_*``) do not tell when a term's value is large but flat.
 
 D and G are updated simultaneously from the same parameters (both losses are computed before
 either optimiser steps), so one finite-check covers the whole step. D's real and fake halves
@@ -20,6 +33,11 @@ are never touched there - which also keeps DDP's gradient reduction for D in the
 Validation, sample grids, best-checkpoint selection and the final test evaluation use the EMA
 generator (``EMA.module``), a separate copy: the online weights are never swapped or touched,
 which makes the user's "validation used the online weights" bug impossible by construction.
+
+Each epoch the run checks its own reconstruction loss and validation lung PSNR for a jump or a
+collapse (:mod:`medi2i.training.stability`) and reports it (log, console, ``summary.json``);
+validation also measures whether D separates held-out real targets from the EMA generator's
+outputs (``val_D_acc``, ``val_D_gap``), the evidence that D is informative rather than at chance.
 
 Everything needed to continue is checkpointed (atomically) at every epoch end - and every
 ``train.save_every_steps`` steps when set - so ``--resume RUN_DIR`` reproduces the
@@ -191,6 +209,8 @@ class Trainer:
         if cfg.model.D.enabled:
             self.d_conditional = resolve_d_conditional(cfg.model, self.pairs_misaligned)
             self.D = build_discriminator(cfg.model.D, self.d_conditional).to(self.device)
+            if self.D.front is not None and resume is None:
+                self.D.front.calibrate(self._calibration_targets())
         self.memory_format = torch.channels_last if tc.channels_last else torch.preserve_format
         for net in self._nets().values():
             net.to(memory_format=self.memory_format)
@@ -286,6 +306,15 @@ class Trainer:
             num_workers=self.cfg.data.num_workers,
             pin_memory=bool(self._pin()),
         )
+
+    def _calibration_targets(self, count: int = 32) -> list[torch.Tensor]:
+        """The first ``count`` training targets, whole and un-augmented (D's detail gain)."""
+        images = []
+        for index in range(min(count, len(self.train_set))):
+            arrays, _, _ = self.train_set.load_unit(index)
+            image = self.normalizer.unit_to_output(arrays["target"]).astype(np.float32)
+            images.append(torch.from_numpy(image)[None, None].to(self.device))
+        return images
 
     def _nets(self) -> dict[str, nn.Module]:
         nets = {"G": self.G}
