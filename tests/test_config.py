@@ -23,8 +23,8 @@ def write(path, text: str):
 def test_user_defaults():
     cfg = load_config()
     assert cfg.loss.lung_weight == 10.0
-    assert cfg.loss.gan_weight == 1.0
-    assert cfg.loss.feat_match_weight == 10.0
+    assert cfg.loss.gan_weight == 0.05
+    assert cfg.loss.feat_match_weight == 0.5
     assert cfg.optim.grad_clip == 5.0
     assert cfg.optim.skip_warmup is False
     assert cfg.train.pretrained_G is None

@@ -351,8 +351,19 @@ class LossConfig(_Section):
     ssim_weight: float = Field(1.0, ge=0.0)
     lung_weight: float = Field(10.0, ge=0.0)
     gan_mode: Literal["lsgan", "hinge", "bce"] = "lsgan"
-    gan_weight: float = Field(1.0, ge=0.0)
-    feat_match_weight: float = Field(10.0, ge=0.0)
+    gan_weight: float = Field(
+        0.05,
+        ge=0.0,
+        description="weight of the adversarial term; 0.05 with D on the detail band "
+        "(model.D.input: detail) leaves the reconstruction most of G's gradient (gshare_*)",
+    )
+    feat_match_weight: float = Field(
+        0.5,
+        ge=0.0,
+        description="weight of feature matching on D's features, compared in the target's "
+        "frame; 0.5 with D on the detail band (the weights 1 / 10 of a raw-input D gave GAN "
+        "and FM 92% of G's gradient on the detail band)",
+    )
     r1_weight: float = Field(0.0, ge=0.0)
     r1_interval: int = Field(16, ge=1)
     smooth_weight: float | None = Field(
