@@ -124,7 +124,7 @@ def test_table_has_each_run_label_and_identity_row(report, runs):
     table = next(t for t in root.iter("table") if t.get("id") == "metrics")
     cells = [["".join(td.itertext()) for td in tr] for tr in table.iter("tr")]
     labels = {r["label"] for r in result["runs"]}
-    assert labels == {"G", "G+D fm=2.0 gan=1.0", "G+R+D fm=10.0 gan=3.0"}
+    assert labels == {"G", "G+D fm=2.0 gan=0.05", "G+R+D fm=10.0 gan=3.0"}
     for label in labels:
         assert any(row[1] == label for row in cells[1:]), label
     identity = [row for row in cells if row[0] == "identity"]
@@ -147,7 +147,7 @@ def test_markdown_twin_links_existing_pngs(report):
         assert link.startswith("report_files/")
         assert (md.parent / link).read_bytes().startswith(PNG_MAGIC)
     assert "| identity |" in text.replace("*", "")
-    assert "G+D fm=2.0 gan=1.0" in text
+    assert "G+D fm=2.0 gan=0.05" in text
 
 
 def test_crops_rendered_for_checkpointed_runs_only(report):

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from scipy import stats
 
-import medi2i.evaluation.diagnose as diagnose_mod
+import medi2i.evaluation.diagnose.comparison as comparison_mod
 from medi2i.cli import main
 from medi2i.evaluation.diagnose import (
     D_GAP_THRESHOLDS,
@@ -166,7 +166,8 @@ def fake_eval(monkeypatch):
             raise FileNotFoundError(f"{run_dir}: no checkpoint found")
         return table[name]
 
-    monkeypatch.setattr(diagnose_mod, "evaluate_val_per_image", fake)
+    # patched where the comparison calls it
+    monkeypatch.setattr(comparison_mod, "evaluate_val_per_image", fake)
     return table, calls
 
 
