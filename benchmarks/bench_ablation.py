@@ -307,7 +307,7 @@ def arm_summary(runs: dict[int, dict]) -> dict[str, Any]:
         key: t_interval([runs[s]["train"].get(key) for s in seeds])["mean"]
         for key in ("wall_seconds", "seconds_per_step", "steps", "best_epoch")
     }
-    d_keys = ("D_real", "D_fake", "D_gap_abs", "D_acc")
+    d_keys = ("D_real", "D_fake", "D_gap_abs", "D_acc", "val_D_acc", "val_D_gap")
     d = {key: t_interval([(runs[s].get("d") or {}).get(key) for s in seeds]) for key in d_keys}
     return {"seeds": seeds, "metrics": metrics, "train": train, "d_last_half": d}
 
@@ -527,6 +527,8 @@ def floors(
         "D_real": d.get("D_real", {}).get("mean"),
         "D_fake": d.get("D_fake", {}).get("mean"),
         "D_acc": d.get("D_acc", {}).get("mean"),
+        "val_D_acc": d.get("val_D_acc", {}).get("mean"),
+        "val_D_gap": d.get("val_D_gap", {}).get("mean"),
     }
 
     others = [a for a in arms if a not in ("oracle", "G+R+D")]
@@ -630,6 +632,8 @@ def d_diagnostics(epochs: list[dict]) -> tuple[list[dict], dict[str, float | Non
             "train_D_real": _float(row.get("train_D_real")),
             "train_D_fake": _float(row.get("train_D_fake")),
             "train_D_acc": _float(row.get("train_D_acc")),
+            "val_D_acc": _float(row.get("val_D_acc")),
+            "val_D_gap": _float(row.get("val_D_gap")),
             "val_psnr_mask": _float(row.get("val_psnr_mask")),
         }
         for row in epochs
@@ -648,6 +652,9 @@ def d_diagnostics(epochs: list[dict]) -> tuple[list[dict], dict[str, float | Non
         "D_fake": t_interval([r["train_D_fake"] for r in tail])["mean"],
         "D_gap_abs": float(np.mean(gaps)) if gaps else None,
         "D_acc": t_interval([r["train_D_acc"] for r in tail])["mean"],
+        # on held-out validation images: D separating what it never trained on
+        "val_D_acc": t_interval([r["val_D_acc"] for r in tail])["mean"],
+        "val_D_gap": t_interval([r["val_D_gap"] for r in tail])["mean"],
     }
     return per_epoch, last_half
 
@@ -1161,8 +1168,9 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"- **D_informative** (no floor): abs(D_real − D_fake) "
                 f"{_num(floor['D_gap_abs'])}, D_real {_num(floor['D_real'])}, "
-                f"D_fake {_num(floor['D_fake'])}, D_acc {_num(floor['D_acc'])} "
-                "(G+R+D, last half of training)"
+                f"D_fake {_num(floor['D_fake'])}, D_acc {_num(floor['D_acc'])}; on validation "
+                f"images D_acc {_num(floor.get('val_D_acc'))}, D_real − D_fake "
+                f"{_num(floor.get('val_D_gap'))} (G+R+D, last half of training)"
             )
             continue
         lines.append(f"- **{name}**: {verdict[floor['pass']]}")
@@ -1175,7 +1183,15 @@ def markdown(report: dict[str, Any]) -> str:
             )
 
     lines += ["", "## D's diagnostics per arm (last half of training, mean over seeds)", ""]
-    head = ["arm", "D_real", "D_fake", "abs(D_real − D_fake)", "D_acc", "val lung PSNR by epoch"]
+    head = [
+        "arm",
+        "D_real",
+        "D_fake",
+        "abs(D_real − D_fake)",
+        "D_acc",
+        "val D_acc",
+        "val lung PSNR by epoch",
+    ]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm, s in report["arms"].items():
         d = s["d_last_half"]
@@ -1188,7 +1204,8 @@ def markdown(report: dict[str, Any]) -> str:
             curve += f" (seed {first['seed']})"
         lines.append(
             f"| {arm} | {_num(d['D_real']['mean'])} | {_num(d['D_fake']['mean'])} | "
-            f"{_num(d['D_gap_abs']['mean'])} | {_num(d['D_acc']['mean'])} | {curve} |"
+            f"{_num(d['D_gap_abs']['mean'])} | {_num(d['D_acc']['mean'])} | "
+            f"{_num(d.get('val_D_acc', {}).get('mean'))} | {curve} |"
         )
 
     if report.get("sweep"):
