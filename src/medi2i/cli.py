@@ -598,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     diag = commands.add_parser(
         "diagnose",
-        help="apply the user's decision rules to a run: why didn't D help?",
+        help="apply the decision rules to a run: why didn't D help?",
         description="Judges a run (or several seeds of one setup) by its validation split, "
         "never test: run-vs-baseline verdicts rest on 95%% intervals (paired bootstrap over "
         "validation images, or a Welch t-interval over seeds), loss-weight advice on each "

@@ -1,4 +1,4 @@
-"""Apply the user's decision rules to a run: "adding D did not make results sharper - why?"
+"""Decision rules for a run: "adding D did not make results sharper - why?"
 
 Every verdict rests on evidence that cannot mislead in the usual ways:
 

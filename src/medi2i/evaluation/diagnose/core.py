@@ -46,7 +46,7 @@ def diagnose_run(
     refresh: bool = False,
     bootstrap: int = BOOTSTRAP_RESAMPLES,
 ) -> Diagnosis:
-    """Apply the user's decision rules to a run (or several seeds of one setup).
+    """Apply the decision rules to a run (or several seeds of one setup).
 
     Args:
         run_dir: the run directory to judge, or several (seeds of the same setup); the log

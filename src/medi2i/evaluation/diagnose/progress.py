@@ -80,14 +80,14 @@ def _rule_still_improving(run: RunRecord, base: RunRecord | None, n: int) -> Fin
         else:
             texts.append(
                 f"G-only looks still improving at the end ({_progress_text(mine)}) {heuristic}: "
-                "train it longer - the user's exp4 (G-only, 100+ epochs) - since it is the "
+                "train it longer - exp4_g_only_long.yaml (no D, 100+ epochs) - since it is the "
                 "baseline D must beat."
             )
     if base_p is not None and base_p["improving"]:
         texts.append(
             f"The G-only baseline {base.name} itself looks still improving "
             f"({_progress_text(base_p)}): the comparison with it is premature; train it longer "
-            "(the user's exp4, 100+ epochs)."
+            "(exp4_g_only_long.yaml, 100+ epochs)."
         )
     triggered = bool(texts)
     if not triggered:

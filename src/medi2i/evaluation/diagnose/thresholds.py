@@ -69,7 +69,7 @@ norm, i.e. clipping rescales D's steps almost always (the user saw norms 27-40 a
 SLOPE_DB_PER_EPOCH = 0.1
 """A heuristic, not a significance test: validation lung PSNR rising faster than 0.1 dB/epoch
 (least squares over the last epochs) means a run is still improving - at that rate 20 more
-epochs would add ~2 dB, more than the differences between the user's variants, so stopping
+epochs would add ~2 dB, more than the differences between the experiment variants, so stopping
 there compares unfinished runs. It only suggests training longer; it decides no comparison."""
 
 CONFIDENCE = 0.95
