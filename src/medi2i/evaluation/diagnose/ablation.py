@@ -162,7 +162,7 @@ def _rule_ablation(
     missing = [p for r in runs for p in ablation_plans(r) if not covered[p.arm]]
     if missing:
         arms = sorted({p.arm for p in missing})
-        # a missing ablation of D is always worth acting on (D is the question diagnose answers); one of R
+        # a missing ablation of D is always worth acting on (D is what diagnose judges); one of R
         # only when R is the run's sole addition to G
         triggered = triggered or "D" in arms or not run.has_D
         evidence["commands"] = [p.command for p in missing]
