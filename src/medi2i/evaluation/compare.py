@@ -765,7 +765,7 @@ def _render_html(runs, rows, ident_rows, diagnoses, figures, crop_figs, notes, s
         "against.</p>",
         _table_html(rows, ident_rows),
         "<h2>Diagnosis</h2>",
-        "<p class=\"small\">The decision rules applied to each run's logs "
+        '<p class="small">The decision rules applied to each run\'s logs '
         "(<code>medi2i diagnose</code>). D runs are weighed against a run without D from this "
         "comparison when there is one; ablations weigh more than D's outputs.</p>",
         _diagnoses_html(diagnoses),
