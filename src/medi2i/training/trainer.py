@@ -404,6 +404,9 @@ class Trainer:
         pred, pred_mask = y_hat, mask
         if self.R is not None:
             with self._autocast():
+                # R reads G's output with its graph (RegGAN's formulation): G also learns
+                # through the field. With a detached copy G learnt only through the warp and
+                # ended 0.9 dB lower in lung PSNR on the benchmark's validation split.
                 field = self.R(y_hat, y)
             field = field.float()
             pred = warp(y_hat, field)
