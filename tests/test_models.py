@@ -371,3 +371,14 @@ def test_model_summary_lists_counts_and_shapes() -> None:
     assert "logits (1, 1, 11, 11)" in text
     assert "unconditional" in text
     assert "disabled" in model_summary(Config())
+
+
+def test_warp_of_a_nan_field_is_nan_not_an_indexing_error():
+    image = torch.rand(1, 1, 8, 8)
+    disp = torch.zeros(1, 2, 8, 8)
+    disp[0, 0, 2, 3] = float("nan")
+    disp[0, 1, 5, 5] = float("inf")
+    out = warp(image, disp)
+    assert torch.isnan(out[0, 0, 2, 3])
+    assert torch.isfinite(out[0, 0, 5, 5])  # an infinite displacement samples the border
+    assert torch.isnan(out).sum() == 1

@@ -166,6 +166,19 @@ def test_nonfinite_steps_are_skipped_then_training_stops(dataset_root, tmp_path,
     trainer.logger.close()
 
 
+def test_a_diverging_r_reaches_the_nonfinite_guard(dataset_root, tmp_path):
+    """A NaN field (R diverged) is skipped like any non-finite step, not a crash in the warp."""
+    cfg = tiny_cfg(dataset_root, "model.R.enabled=true", "model.D.enabled=true")
+    trainer = Trainer(cfg, tmp_path / "run", DistContext())
+    with torch.no_grad():
+        trainer.R.flow.bias.fill_(float("nan"))
+    before = {k: v.clone() for k, v in trainer.G.state_dict().items()}
+    trainer.train_step(next(iter(trainer.train_loader)))
+    assert trainer.skipped_steps == 1
+    assert all(torch.equal(before[k], v) for k, v in trainer.G.state_dict().items())
+    trainer.logger.close()
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "medi2i", "train", *args]
 

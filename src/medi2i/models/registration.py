@@ -82,7 +82,8 @@ def warp(image: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
 
     Returns:
         The warped image, ``(N, C, H, W)``, float32 (float64 if an input was float64).
-        Differentiable with respect to both ``image`` and ``disp``.
+        Differentiable with respect to both ``image`` and ``disp``. Pixels whose displacement
+        is NaN are NaN (an infinite one samples the border).
 
     Raises:
         ValueError: if the shapes do not match.
@@ -103,8 +104,11 @@ def warp(image: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
         # Border padding = clamp the sampling position (zero gradient outside, as grid_sample).
         pos_y = (rows + field[:, 0]).clamp(0, h - 1)
         pos_x = (cols + field[:, 1]).clamp(0, w - 1)
-        y0 = pos_y.detach().floor()
-        x0 = pos_x.detach().floor()
+        # A NaN displacement (a diverging R) must not crash the indexing below: its neighbour
+        # index becomes 0 while its weight stays NaN, so the warped pixel is NaN and the
+        # step's non-finite check skips the update, as for any other non-finite loss.
+        y0 = torch.nan_to_num(pos_y.detach(), nan=0.0).floor()
+        x0 = torch.nan_to_num(pos_x.detach(), nan=0.0).floor()
         wy = (pos_y - y0).unsqueeze(1)  # (N, 1, H, W) weights of the lower/right neighbours
         wx = (pos_x - x0).unsqueeze(1)
         y0, x0 = y0.long(), x0.long()
