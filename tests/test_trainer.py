@@ -391,3 +391,50 @@ def test_sweep_trains_each_combination(dataset_root, tmp_path):
         cfg = load_config(tmp_path / "sw" / name / "config.yaml")
         assert cfg.loss.gan_weight == float(name.split("=")[1])
         assert (tmp_path / "sw" / name / "checkpoints" / "last.pt").is_file()
+
+
+# --------------------------------------------------------------------------------------------
+# nothing lost: independent checkpoint files, a real fallback, no silent re-use of a folder
+# --------------------------------------------------------------------------------------------
+
+
+def test_best_is_an_independent_copy_and_resume_falls_back_to_it(dataset_root, tmp_path, caplog):
+    run = tmp_path / "run"
+    train(tiny_cfg(dataset_root, "train.epochs=1"), out=str(run))
+    ckpt = run / "checkpoints"
+    last, best = ckpt / "last.pt", ckpt / "best.pt"
+    assert os.stat(last).st_ino != os.stat(best).st_ino
+    best_bytes = best.read_bytes()
+    # a kill mid-save leaves a partial temporary file; then last.pt itself gets damaged
+    partial = ckpt / ".last.abc123.tmp.pt"
+    partial.write_bytes(b"partial")
+    last.write_bytes(last.read_bytes()[:1000])
+    assert best.read_bytes() == best_bytes  # the damage did not reach best.pt
+    with caplog.at_level("WARNING", logger="medi2i"):
+        train(resume=str(run), overrides=["train.epochs=2"])
+    assert "continuing from best.pt" in caplog.text
+    assert not partial.exists()
+    assert load_checkpoint(last)["epoch"] == 2
+
+
+def test_a_folder_with_an_earlier_runs_files_is_not_reused(dataset_root, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train.log").write_text("an earlier run stopped before its first checkpoint\n")
+    with pytest.raises(ValueError, match=r"earlier run \(train\.log\).*no checkpoint"):
+        train(tiny_cfg(dataset_root), out=str(run))
+    # a folder with unrelated files (e.g. a benchmark's notes) is fine
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.json").write_text("{}")
+    train(tiny_cfg(dataset_root, "train.epochs=1", "train.steps_per_epoch=1"), out=str(other))
+    assert (other / "checkpoints" / "last.pt").is_file()
+
+
+def test_rejected_data_leaves_no_run_folder(tmp_path):
+    empty = tmp_path / "no_data"
+    empty.mkdir()
+    run = tmp_path / "run"
+    with pytest.raises(Exception, match=str(empty.name)):
+        train(tiny_cfg(empty), out=str(run))
+    assert not run.exists()

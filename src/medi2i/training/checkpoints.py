@@ -33,6 +33,7 @@ trusted=True** - unpickling can execute arbitrary code.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -355,18 +356,14 @@ def load_checkpoint(
 # --------------------------------------------------------------------------------------------
 
 
-def _link_or_copy(src: Path, dest: Path) -> None:
-    """Make ``dest`` an atomic replica of ``src`` (a hard link when possible, else a copy).
+def _copy_atomic(src: Path, dest: Path) -> None:
+    """Make ``dest`` an independent, atomically written copy of ``src``.
 
-    Checkpoint files are only ever replaced (``os.replace``), never modified in place, so a
-    hard link shares the data safely and costs no disk space or time.
+    A copy, not a hard link: linked names share one inode, so one damaged file (a disk error,
+    a tool that edits in place) would take every name with it and leave no fallback.
     """
     with atomic_path(dest) as tmp:
-        tmp.unlink()
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
+        shutil.copyfile(src, tmp)
 
 
 class CheckpointManager:
@@ -401,7 +398,8 @@ class CheckpointManager:
     def save(self, state: dict, *, epoch: int, is_best: bool) -> list[Path]:
         """Write ``last.pt``, plus ``best.pt`` and ``epoch_XXXX.pt`` when due.
 
-        ``state`` is serialised once (to ``last.pt``); the others are atomic replicas of it.
+        ``state`` is serialised once (to ``last.pt``); the others are independent atomic copies
+        of it, so that a damaged file leaves the others readable.
 
         Args:
             state: the checkpoint dict.
@@ -417,13 +415,74 @@ class CheckpointManager:
         last = save_checkpoint(self.last_path(), state)
         written = [last]
         if is_best:
-            _link_or_copy(last, self.best_path())
+            _copy_atomic(last, self.best_path())
             written.append(self.best_path())
         if self.keep_every and epoch % self.keep_every == 0:
-            _link_or_copy(last, self.epoch_path(epoch))
+            _copy_atomic(last, self.epoch_path(epoch))
             written.append(self.epoch_path(epoch))
         logger.info("saved checkpoint(s): %s", ", ".join(p.name for p in written))
         return written
+
+    def remove_partial_files(self) -> list[Path]:
+        """Delete the temporary files that a save killed mid-write leaves (``.NAME.*.tmp.pt``).
+
+        Call it only when no save is in progress (at the start of a run or a resume).
+
+        Returns:
+            The files removed.
+        """
+        removed = []
+        if self.dir.is_dir():
+            for path in sorted(self.dir.glob(".*.tmp*.pt")):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
+        if removed:
+            logger.info(
+                "removed %d partial checkpoint file(s) left by an interrupted save: %s",
+                len(removed),
+                ", ".join(p.name for p in removed),
+            )
+        return removed
+
+    def load_latest(self, map_location: Any = "cpu") -> tuple[Path, dict]:
+        """The newest readable checkpoint: ``last.pt``, else the most recent other one.
+
+        When ``last.pt`` is missing or unreadable (truncated, corrupt), the other checkpoints
+        (``best.pt``, ``epoch_XXXX.pt``) are tried from the highest training step down, and
+        the one used is named in a warning: continuing from an older state loses the steps
+        since, which is better than losing the run.
+
+        Returns:
+            ``(path, state)``.
+
+        Raises:
+            CheckpointError: no checkpoint can be read (every reason is listed).
+        """
+        problems = []
+        try:
+            return self.last_path(), load_checkpoint(self.last_path(), map_location)
+        except CheckpointError as exc:
+            problems.append(str(exc))
+        others = []
+        for path in sorted(self.dir.glob("*.pt")) if self.dir.is_dir() else []:
+            if path == self.last_path() or path.name.startswith("."):
+                continue
+            try:
+                others.append((path, load_checkpoint(path, map_location)))
+            except CheckpointError as exc:
+                problems.append(str(exc))
+        if not others:
+            raise CheckpointError(f"no readable checkpoint in {self.dir}: " + "; ".join(problems))
+        path, state = max(others, key=lambda item: int(item[1].get("step") or 0))
+        logger.warning(
+            "%s; continuing from %s (epoch %s, step %s) instead",
+            problems[0],
+            path.name,
+            state.get("epoch"),
+            state.get("step"),
+        )
+        return path, state
 
 
 # --------------------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
 import warnings
 from collections.abc import Iterator
@@ -86,7 +87,6 @@ from medi2i.training.checkpoints import (
     CheckpointManager,
     capture_rng_state,
     checkpoint_payload,
-    load_checkpoint,
     load_pretrained_generator,
     restore_rng_state,
     save_checkpoint,
@@ -814,13 +814,26 @@ class Trainer:
 # ----------------------------------------------------------------------------------------------
 
 
+#: What a run writes into its directory; any of them means the folder already holds a run.
+_RUN_ENTRIES = ("checkpoints", "config.yaml", "metrics", "samples", "summary.json", "train.log")
+
+
 def _new_run_dir(cfg: Config, out: str | None) -> Path:
     if out is not None:
         run_dir = Path(out)
-        if (run_dir / "checkpoints" / "last.pt").exists():
+        checkpoints = run_dir / "checkpoints"
+        if checkpoints.is_dir() and any(checkpoints.glob("*.pt")):
             raise ValueError(
                 f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                 "or choose another --out"
+            )
+        # A run stopped before its first checkpoint cannot be resumed, and starting again in
+        # its folder would append to its logs (step 1 twice in steps.jsonl).
+        leftovers = [name for name in _RUN_ENTRIES if (run_dir / name).exists()]
+        if leftovers:
+            raise ValueError(
+                f"{run_dir} holds files of an earlier run ({', '.join(leftovers)}) but no "
+                "checkpoint to resume from; delete them or choose another --out"
             )
         return run_dir
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -843,17 +856,20 @@ def _attach_file_log(run_dir: Path) -> logging.Handler:
 
 
 def resume_config(run_dir: Path, overrides: list[str]) -> tuple[Config, dict]:
-    """The config and state of ``RUN_DIR/checkpoints/last.pt``; only ``train.epochs`` may change.
+    """The config and state of the run's newest readable checkpoint (``last.pt``, else the
+    most recent other one, with a warning); only ``train.epochs`` may change. Partial files
+    that a kill during a save left behind are removed first.
 
     Raises:
-        ValueError: no checkpoint, or an override other than ``train.epochs``.
+        ValueError: no (readable) checkpoint, or an override other than ``train.epochs``.
     """
     from medi2i.config import build_config
 
-    path = CheckpointManager(run_dir).last_path()
-    if not path.is_file():
-        raise ValueError(f"nothing to resume: {path} does not exist")
-    state = load_checkpoint(path)
+    manager = CheckpointManager(run_dir)
+    if not manager.dir.is_dir() or not any(manager.dir.glob("*.pt")):
+        raise ValueError(f"nothing to resume: {manager.dir} holds no checkpoint")
+    manager.remove_partial_files()
+    _, state = manager.load_latest()
     bad = [o for o in overrides if not o.startswith("train.epochs=")]
     if bad:
         raise ValueError(
@@ -885,14 +901,23 @@ def train(
         assert cfg is not None
         run_dir = _new_run_dir(cfg, out)
     ctx = init_distributed(cfg.train.device)
+    created = resume is None and not run_dir.exists()
+    rejected = False
     handler = _attach_file_log(run_dir) if ctx.is_main else None
     try:
         if ctx.is_main:
             log.info("run directory %s (medi2i %s)", run_dir, __version__)
-        trainer = Trainer(cfg, run_dir, ctx, resume=state)
+        try:
+            trainer = Trainer(cfg, run_dir, ctx, resume=state)
+        except Exception:
+            rejected = True  # the data or the networks were refused: nothing ran
+            raise
         return trainer.fit()
     finally:
         if handler is not None:
             logging.getLogger("medi2i").removeHandler(handler)
             handler.close()
+        if rejected and created and ctx.is_main:
+            # the folder was made for this run and holds only its log: leave nothing behind
+            shutil.rmtree(run_dir, ignore_errors=True)
         cleanup_distributed()
