@@ -219,6 +219,18 @@ def test_tiled_generator_runs_at_any_size(loaded):
         assert predictor.predict_normalised(x).shape == x.shape
 
 
+def test_an_image_smaller_than_the_generator_minimum_is_refused(loaded):
+    predictor = Predictor(loaded)
+    minimum = 2 * loaded.generator.multiple  # 2x2 pixels at G's coarsest level
+    assert minimum > 2
+    with pytest.raises(ValueError, match=rf"tiny\.png: 1x1 is smaller .* {minimum}x{minimum}"):
+        predictor(np.zeros((1, 1), np.uint16), stored_dtype="uint16", source="tiny.png")
+    with pytest.raises(ValueError, match="smaller than the generator's minimum"):
+        predictor(np.zeros((minimum - 1, 64), np.uint16), stored_dtype="uint16")
+    out = predictor(np.full((minimum, minimum), 1000, np.uint16), stored_dtype="uint16")
+    assert out.shape == (minimum, minimum)
+
+
 def test_bad_tiling_settings():
     with pytest.raises(ValueError, match="overlap"):
         Predictor(identity_loaded(), tile=32, overlap=1.0)

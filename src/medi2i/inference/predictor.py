@@ -215,12 +215,23 @@ class Predictor:
             ``(H, W)`` float32 prediction in the same units.
 
         Raises:
-            ValueError: not a 2D finite image, or no window can be computed for it.
+            ValueError: not a 2D finite image, smaller than the generator's minimum
+                (twice G's ``multiple`` on each side), or no window can be computed for it.
         """
         array = np.asarray(image)
         if array.ndim != 2:
             raise ValueError(
                 f"{source or 'image'}: expected a 2D (H, W) image, got shape {array.shape}"
+            )
+        # G halves the image log2(multiple) times; its normalisation layers need at least
+        # 2x2 values per channel at the coarsest level.
+        multiple = int(getattr(self.generator, "multiple", 1))
+        minimum = 2 * multiple
+        if min(array.shape) < minimum:
+            raise ValueError(
+                f"{source or 'image'}: {array.shape[0]}x{array.shape[1]} is smaller than the "
+                f"generator's minimum of {minimum}x{minimum} pixels (it halves the image "
+                f"{multiple.bit_length() - 1} times and needs 2x2 pixels at the coarsest level)"
             )
         if array.dtype.kind in "iu" and stored_dtype == "float32":
             stored_dtype = array.dtype.name
