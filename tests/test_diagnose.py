@@ -904,3 +904,25 @@ def test_real_generators_evaluated_paired_on_validation_and_cached(tmp_path):
     again = diagnose_run(run, baseline=base).finding("ablation")
     assert "2 of 2 read from RUN/diagnose/val" in again.evidence["source"]
     assert again.evidence["metrics"]["psnr_mask"]["delta"] == pytest.approx(psnr["delta"])
+
+
+# --------------------------------------------------------------------------------------------
+# divergence is reported first
+# --------------------------------------------------------------------------------------------
+
+
+def test_divergence_is_the_first_finding(tmp_path):
+    epochs = [_epoch(1, d=True), {**_epoch(2, d=True), "val_psnr_mask": None, "val_psnr": None}]
+    run = write_run(tmp_path / "nan", epochs=epochs, best_epoch=1, summary={"skipped_steps": 7})
+    diagnosis = diagnose_run(run)
+    first = diagnosis.findings[0]
+    assert first.rule == "diverged" and first.triggered
+    assert "7 of 20 training steps had a non-finite loss" in first.verdict
+    assert "validation was not finite at epoch(s) 2" in first.verdict
+    assert any("Training diverged" in note for note in diagnosis.notes)
+
+
+def test_a_healthy_run_has_not_diverged(tmp_path):
+    run = write_run(tmp_path / "ok", summary={"skipped_steps": 0})
+    f = diagnose_run(run).finding("diverged")
+    assert not f.triggered and f.applicable

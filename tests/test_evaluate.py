@@ -113,6 +113,15 @@ def test_evaluate_reference_is_target_without_aligned(tiny_run, tmp_path):
     assert (tmp_path / "metrics.csv").is_file() and (tmp_path / "summary.json").is_file()
 
 
+def test_evaluate_refuses_a_model_with_non_finite_output(tiny_run, data, tmp_path, monkeypatch):
+    predictor = Predictor.from_run(tiny_run)
+    real = predictor.generator.forward
+    monkeypatch.setattr(predictor.generator, "forward", lambda x: real(x) * float("nan"))
+    with pytest.raises(ValueError, match=rf"NaN or infinite values on {N_TEST} of {N_TEST} test"):
+        evaluate_split(predictor, out_dir=tmp_path / "e", data_root=data["eval"], progress=False)
+    assert not (tmp_path / "e" / "summary.json").exists()
+
+
 def test_bootstrap_ci():
     rng = np.random.default_rng(5)
     values = rng.normal(10.0, 2.0, size=50)

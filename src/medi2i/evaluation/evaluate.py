@@ -233,7 +233,7 @@ def evaluate_split(
 
     Raises:
         medi2i.data.dataset.DatasetError: the split cannot be read.
-        ValueError: bad arguments.
+        ValueError: bad arguments, or the model's output is not finite on some image.
     """
     if not isinstance(predictor, Predictor):
         predictor = Predictor(predictor)
@@ -252,6 +252,7 @@ def evaluate_split(
     worst: list[tuple[float, str, dict[str, torch.Tensor]]] = []
     reference = "target"
     predict_seconds = 0.0
+    not_finite: list[str] = []
     for index in tqdm(range(len(dataset)), desc=f"evaluate {split}", disable=not progress):
         item = dataset[index]
         reference = reference_key(item)
@@ -261,6 +262,9 @@ def evaluate_split(
         tic = time.perf_counter()
         pred = predictor.predict_normalised(x).cpu()
         predict_seconds += time.perf_counter() - tic
+        if not bool(torch.isfinite(pred).all()):
+            not_finite.append(str(item["name"]))
+            continue
         for method, image in (("model", pred), ("identity", x)):
             with torch.no_grad():
                 values = _floats(
@@ -275,6 +279,14 @@ def evaluate_split(
             worst.sort(key=lambda entry: entry[0])
             del worst[worst_k:]
 
+    if not_finite:
+        shown = ", ".join(not_finite[:5]) + (" ..." if len(not_finite) > 5 else "")
+        raise ValueError(
+            f"the model's output contains NaN or infinite values on {len(not_finite)} of "
+            f"{len(dataset)} {split} images ({shown}): the weights are broken, most likely by "
+            "a training run that diverged (its summary.json counts the skipped non-finite "
+            "steps); no metrics were written"
+        )
     _write_csv(out / "metrics.csv", rows)
     rng = np.random.default_rng(seed)
     methods: dict[str, dict[str, Any]] = {}

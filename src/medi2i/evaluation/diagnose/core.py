@@ -17,6 +17,7 @@ from medi2i.evaluation.diagnose.rules import (
     _rule_conditional_d,
     _rule_d_clipping,
     _rule_d_ineffective,
+    _rule_diverged,
     _rule_misaligned,
     _rule_unstable,
 )
@@ -120,6 +121,11 @@ def diagnose_run(
             refresh=refresh,
             resamples=bootstrap,
         )
+    diverged = _rule_diverged(run)
+    if diverged.triggered:
+        notes.append(
+            "Training diverged (see 'diverged'): the other findings describe a broken run."
+        )
     misaligned = _rule_misaligned(run)
     conditional = _rule_conditional_d(run)
     unstable = _rule_unstable(runs, bases)
@@ -129,6 +135,7 @@ def diagnose_run(
     ablation = _rule_ablation(runs, bases, comparison, unstable_names)
     d_finding = _rule_d_ineffective(run, last_epochs, ablation)
     findings = [
+        diverged,
         misaligned,
         conditional,
         unstable,

@@ -1,5 +1,5 @@
 """The rules that read one run's setup and logs, each a pure function returning a
-:class:`~medi2i.evaluation.diagnose.report.Finding`: misaligned pairs with R off, a
+:class:`~medi2i.evaluation.diagnose.report.Finding`: divergence, misaligned pairs with R off, a
 conditional D on misaligned pairs, unstable training, an ineffective D and D's gradient
 clipping.
 
@@ -26,10 +26,56 @@ from medi2i.evaluation.diagnose.thresholds import (
     RULE_CONDITIONAL_D,
     RULE_D_CLIPPING,
     RULE_D_INEFFECTIVE,
+    RULE_DIVERGED,
     RULE_MISALIGNED,
     RULE_UNSTABLE,
 )
 from medi2i.evaluation.runs import RunRecord, finite_or_none
+
+# --------------------------------------------------------------------------------------------
+# divergence: read first, because every other rule describes a working run
+# --------------------------------------------------------------------------------------------
+
+
+def _rule_diverged(run: RunRecord) -> Finding:
+    skipped = finite_or_none(run.summary.get("skipped_steps"))
+    if skipped is None and run.epochs:
+        skipped = finite_or_none(run.epochs[-1].get("skipped_steps"))
+    bad_val = [
+        int(row.get("epoch", i + 1))
+        for i, row in enumerate(run.epochs)
+        if any(
+            key.startswith("val_") and isinstance(value, float) and not np.isfinite(value)
+            for key, value in row.items()
+        )
+    ]
+    evidence: dict[str, Any] = {"skipped_steps": skipped, "non_finite_val_epochs": bad_val}
+    if skipped is None and not run.epochs:
+        return Finding(
+            RULE_DIVERGED,
+            False,
+            "Not evaluated: neither summary.json nor the epoch log is there.",
+            evidence,
+            applicable=False,
+        )
+    if not skipped and not bad_val:
+        return Finding(RULE_DIVERGED, False, "No non-finite step or validation value.", evidence)
+    parts = []
+    if skipped:
+        steps = finite_or_none(run.summary.get("steps"))
+        of = f" of {int(steps)}" if steps else ""
+        parts.append(f"{int(skipped)}{of} training steps had a non-finite loss or gradient")
+    if bad_val:
+        parts.append(f"validation was not finite at epoch(s) {', '.join(map(str, bad_val))}")
+    verdict = (
+        "Training diverged: "
+        + " and ".join(parts)
+        + ". The other findings describe a broken run until this is fixed: lower the learning "
+        "rates (optim.G.lr, optim.D.lr), keep gradient clipping on, train with amp: off, and "
+        "check the data for NaN or infinite values."
+    )
+    return Finding(RULE_DIVERGED, True, verdict, evidence)
+
 
 # --------------------------------------------------------------------------------------------
 # rules about the setup

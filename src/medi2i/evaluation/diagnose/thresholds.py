@@ -5,6 +5,7 @@ Each threshold, and how it was chosen, is documented where it is defined below.
 
 from __future__ import annotations
 
+RULE_DIVERGED = "diverged"
 RULE_MISALIGNED = "misaligned_without_r"
 RULE_CONDITIONAL_D = "conditional_d_misaligned"
 RULE_UNSTABLE = "unstable_training"
@@ -14,6 +15,7 @@ RULE_BLURRY = "blurry_loss_weights"
 RULE_D_CLIPPING = "d_clipping"
 RULE_STILL_IMPROVING = "still_improving"
 RULES: dict[str, str] = {
+    RULE_DIVERGED: "diverged training (non-finite steps skipped, non-finite validation)",
     RULE_MISALIGNED: "misaligned pairs with R off -> blur whatever the loss weights",
     RULE_CONDITIONAL_D: "conditional D with misaligned pairs -> D can reward misalignment",
     RULE_UNSTABLE: "unstable training (loss jump / validation collapse)",
