@@ -332,6 +332,55 @@ def test_predict_refuses_output_equal_to_or_inside_input(loaded, mixed_folder):
     assert not (mixed_folder / "new").exists()
 
 
+def test_predict_names_link_loops_and_broken_links(loaded, tmp_path):
+    folder = tmp_path / "links"
+    folder.mkdir()
+    (folder / "a.png").symlink_to(folder / "b.png")
+    (folder / "b.png").symlink_to(folder / "a.png")
+    (folder / "gone.png").symlink_to(folder / "deleted.png")
+    files = [folder / "a.png", folder / "gone.png"]
+    summary = predict_paths(Predictor(loaded), files, tmp_path / "out", progress=False)
+    reasons = dict((p.name, r) for p, r in summary.failed)
+    assert reasons["a.png"] == "symbolic link loop"
+    assert reasons["gone.png"].startswith("broken symbolic link")
+
+
+def test_predict_checks_the_output_folder_before_predicting(loaded, mixed_folder, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("a file where the output folder should go")
+    predictor = Predictor(loaded)
+    calls = []
+    real = predictor.predict_normalised
+    predictor.predict_normalised = lambda x: calls.append(1) or real(x)
+    with pytest.raises(ValueError, match=r"output folder .*a_file/out is not writable"):
+        predict_paths(predictor, [mixed_folder], blocker / "out", progress=False)
+    assert not calls  # refused before any image was predicted
+
+
+def test_predict_stops_on_a_full_disk(loaded, mixed_folder, tmp_path, monkeypatch):
+    import errno
+
+    import medi2i.inference.predict as predict_mod
+
+    written = []
+    real_write = predict_mod.write_image
+
+    def filling_write(dest, *args, **kwargs):
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(dest)
+        return real_write(dest, *args, **kwargs)
+
+    monkeypatch.setattr(predict_mod, "write_image", filling_write)
+    files = [mixed_folder / "sub" / "xray.png", mixed_folder / "chest.dcm", mixed_folder / "x"]
+    summary = predict_paths(Predictor(loaded), files, tmp_path / "out", progress=False)
+    assert [p.name for p in summary.ok] == ["xray.png"]
+    reasons = [r for _, r in summary.failed]
+    assert reasons[0].startswith("no space left on device while writing")
+    assert reasons[1] == "not attempted: the output disk is full"
+    assert summary.exit_code == 1
+
+
 def test_predict_single_files_skip_existing_and_overwrite(loaded, mixed_folder, tmp_path):
     predictor = Predictor(loaded)
     out = tmp_path / "single"

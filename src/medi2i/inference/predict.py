@@ -16,8 +16,10 @@ listed as failed; the other files still finish.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -143,10 +145,55 @@ def collect_inputs(
     return pairs
 
 
+def _disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is "no space left on device"."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, ImageIOError):
         return exc.problem
     return f"{type(exc).__name__}: {exc}"
+
+
+def _missing_reason(path: Path) -> str:
+    """Why ``path`` cannot be read as a file: a link loop, a broken link, a folder, or absent."""
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:  # Python < 3.13 reports a symlink loop this way
+            return "symbolic link loop"
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return "symbolic link loop"
+            return f"broken symbolic link (to {os.readlink(path)})"
+    if path.exists():
+        return "not a regular file"
+    return "not found"
+
+
+def check_output_folder(output_dir: str | os.PathLike) -> Path:
+    """Create ``output_dir`` if needed and prove it writable, before any image is predicted.
+
+    Raises:
+        ValueError: the folder cannot be created or written, with the system's reason.
+    """
+    out = Path(output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".medi2i-write-test-"):
+            pass
+    except OSError as exc:
+        raise ValueError(
+            f"output folder {out} is not writable: {exc.strerror or exc}; choose another --output"
+        ) from exc
+    return out
 
 
 def predict_paths(
@@ -171,26 +218,42 @@ def predict_paths(
     Returns:
         The summary (outputs written, failures with reasons, skipped outputs, wall time).
 
+    A full disk stops the run: the file being written and every one not yet attempted are
+    reported as failed with that reason (the outputs already written are complete: every
+    write is atomic).
+
     Raises:
-        ValueError: see :func:`collect_inputs` (nothing is read or written then).
+        ValueError: see :func:`collect_inputs`, or an output folder that cannot be written
+            (:func:`check_output_folder`); nothing is predicted then.
     """
     start = time.perf_counter()
     pairs = collect_inputs(inputs, output_dir)
-    out = Path(output_dir)
+    out = check_output_folder(output_dir)
     summary = PredictSummary(ok=[], failed=[], seconds=0.0, output_dir=out)
     with logging_redirect_tqdm():
-        for src, dest in tqdm(pairs, desc="predict", unit="image", disable=not progress):
+        for number, (src, dest) in enumerate(
+            tqdm(pairs, desc="predict", unit="image", disable=not progress)
+        ):
             if dest.exists() and not overwrite:
                 log.info("%s exists, skipped (pass overwrite to replace it)", dest)
                 summary.skipped.append(dest)
                 continue
             try:
                 if not src.is_file():
-                    raise ImageIOError(src, "not found")
+                    raise ImageIOError(src, _missing_reason(src))
                 array, meta = read_image(src, slice_index=slice_index)
                 prediction = predictor(array, stored_dtype=meta.stored_dtype, source=str(src))
                 write_image(dest, prediction, meta)
             except Exception as exc:  # a bad file must not stop the others
+                if _disk_full(exc):
+                    reason = f"no space left on device while writing {dest}"
+                    log.error("%s: %s; stopping", src, reason)
+                    summary.failed.append((src, reason))
+                    summary.failed.extend(
+                        (rest, "not attempted: the output disk is full")
+                        for rest, _ in pairs[number + 1 :]
+                    )
+                    break
                 reason = _reason(exc)
                 log.error("%s: failed: %s", src, reason)
                 log.debug("%s: traceback", src, exc_info=True)
