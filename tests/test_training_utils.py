@@ -375,6 +375,30 @@ def test_atomic_save_under_simulated_crash(tmp_path, monkeypatch):
     assert sorted(p.name for p in manager.dir.iterdir()) == ["last.pt"]
 
 
+def test_a_full_disk_is_named_and_the_previous_checkpoint_kept(tmp_path, monkeypatch):
+    import collections
+
+    import medi2i.training.checkpoints as ckpt_mod
+
+    manager = CheckpointManager(tmp_path)
+    manager.save(_state(epoch=1), epoch=1, is_best=False)
+
+    def failing_save(obj, f, *args, **kwargs):  # what torch's writer raises on a full disk
+        raise RuntimeError("basic_ios::clear: iostream error")
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(torch, "save", failing_save)
+    monkeypatch.setattr(ckpt_mod.shutil, "disk_usage", lambda _p: usage(10**9, 10**9, 4096))
+    with pytest.raises(CheckpointError, match=r"no space left.*previous last\.pt is intact"):
+        manager.save(_state(epoch=2), epoch=2, is_best=False)
+    monkeypatch.setattr(ckpt_mod.shutil, "disk_usage", lambda _p: usage(10**12, 0, 10**11))
+    with pytest.raises(RuntimeError, match="basic_ios"):  # not a full disk: the error as it is
+        manager.save(_state(epoch=2), epoch=2, is_best=False)
+    monkeypatch.undo()
+    assert load_checkpoint(manager.last_path())["epoch"] == 1
+    assert sorted(p.name for p in manager.dir.iterdir()) == ["last.pt"]
+
+
 def test_nonfinite_weights_are_refused(tmp_path):
     model = _net()
     with torch.no_grad():

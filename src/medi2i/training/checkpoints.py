@@ -34,6 +34,7 @@ trusted=True** - unpickling can execute arbitrary code.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -274,6 +275,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     Raises:
         ValueError: when a tensor in ``model``/``ema``/``optim`` is NaN or Inf (nothing is
             written; the message names every offending key), or the format tag is foreign.
+        CheckpointError: the disk is full (the previous file at ``path`` is kept).
     """
     path = Path(path)
     if "format" not in state:
@@ -284,10 +286,40 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     if bad:
         shown = ", ".join(bad[:20]) + (f" (+{len(bad) - 20} more)" if len(bad) > 20 else "")
         raise ValueError(f"refusing to save {path}: non-finite values in {shown}")
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except Exception as exc:
+        # torch's writer reports a full disk as a bare RuntimeError ("file write failed",
+        # "basic_ios::clear: iostream error"): ask the file system what happened.
+        free = _free_bytes(path.parent)
+        full = (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+            free is not None and free < _FULL_DISK_BYTES
+        )
+        if not full:
+            raise
+        kept = f"; the previous {path.name} is intact" if path.is_file() else ""
+        raise CheckpointError(
+            f"could not save {path}: no space left on the device ({_mib(free)} free){kept}. "
+            "Free some space, then continue with --resume."
+        ) from exc
     logger.debug("saved checkpoint %s", path)
     return path
+
+
+_FULL_DISK_BYTES = 64 * 2**20
+"""Free space below which a failed write is reported as a full disk."""
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _mib(value: int | None) -> str:
+    return "unknown space" if value is None else f"{value / 2**20:.0f} MiB"
 
 
 def _torch_load(path: Path, map_location: Any, trusted: bool) -> Any:
