@@ -399,6 +399,21 @@ def test_a_full_disk_is_named_and_the_previous_checkpoint_kept(tmp_path, monkeyp
     assert sorted(p.name for p in manager.dir.iterdir()) == ["last.pt"]
 
 
+def test_load_latest_picks_the_newest_readable_checkpoint(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_every=1)
+    for epoch in (1, 2, 3):
+        manager.save({**_state(epoch), "step": 10 * epoch}, epoch=epoch, is_best=epoch == 1)
+    assert manager.load_latest()[0].name == "last.pt"
+    manager.last_path().write_bytes(b"damaged")
+    manager.epoch_path(3).write_bytes(b"damaged too")
+    path, state = manager.load_latest()
+    assert path.name == "epoch_0002.pt" and state["step"] == 20
+    for p in manager.dir.glob("*.pt"):
+        p.write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="no readable checkpoint"):
+        manager.load_latest()
+
+
 def test_nonfinite_weights_are_refused(tmp_path):
     model = _net()
     with torch.no_grad():

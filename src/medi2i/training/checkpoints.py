@@ -481,9 +481,9 @@ class CheckpointManager:
         """The newest readable checkpoint: ``last.pt``, else the most recent other one.
 
         When ``last.pt`` is missing or unreadable (truncated, corrupt), the other checkpoints
-        (``best.pt``, ``epoch_XXXX.pt``) are tried from the highest training step down, and
-        the one used is named in a warning: continuing from an older state loses the steps
-        since, which is better than losing the run.
+        (``best.pt``, ``epoch_XXXX.pt``) are read one at a time and the readable one with the
+        highest training step is used, named in a warning: continuing from an older state
+        loses the steps since, which is better than losing the run.
 
         Returns:
             ``(path, state)``.
@@ -496,17 +496,20 @@ class CheckpointManager:
             return self.last_path(), load_checkpoint(self.last_path(), map_location)
         except CheckpointError as exc:
             problems.append(str(exc))
-        others = []
+        chosen: tuple[Path, dict] | None = None
         for path in sorted(self.dir.glob("*.pt")) if self.dir.is_dir() else []:
             if path == self.last_path() or path.name.startswith("."):
                 continue
             try:
-                others.append((path, load_checkpoint(path, map_location)))
+                state = load_checkpoint(path, map_location)
             except CheckpointError as exc:
                 problems.append(str(exc))
-        if not others:
+                continue
+            if chosen is None or int(state.get("step") or 0) > int(chosen[1].get("step") or 0):
+                chosen = (path, state)  # only the newest is kept in memory
+        if chosen is None:
             raise CheckpointError(f"no readable checkpoint in {self.dir}: " + "; ".join(problems))
-        path, state = max(others, key=lambda item: int(item[1].get("step") or 0))
+        path, state = chosen
         logger.warning(
             "%s; continuing from %s (epoch %s, step %s) instead",
             problems[0],
