@@ -167,12 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="val", choices=("train", "val", "test"))
     parser.add_argument("--data", type=Path, default=None, help="benchmark folder override")
     parser.add_argument("--limit", type=int, default=None, help="at most this many images")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/frame.json"))
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
-    torch.set_num_threads(max(1, args.threads))
+    if args.threads is not None:
+        torch.set_num_threads(max(1, args.threads))
     start = time.perf_counter()
     results = []
     for run in args.runs:

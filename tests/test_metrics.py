@@ -110,7 +110,10 @@ def test_ms_ssim_matches_pytorch_msssim(shape):
     pred, target = _t(preds, targets)
     got = M.ms_ssim(pred, target, data_range=1.0)
     expected = pytorch_msssim.ms_ssim(pred, target, data_range=1.0, size_average=False)
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    # The two implementations differ by ~9e-6 even in float64 inputs (pytorch_msssim builds
+    # its window in float32), and float32 sums over 176^2 pixels move by ~1e-6 more with the
+    # thread count: 2e-5 is the agreement both reach on one or two threads.
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=0)
 
 
 def test_ms_ssim_small_images_use_fewer_scales(caplog):
