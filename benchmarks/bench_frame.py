@@ -84,6 +84,7 @@ def score_run(run_dir: Path, *, split: str, data: Path | None, limit: int | None
         raise ValueError(f"{root}: split {split!r} has no aligned targets to score against")
     count = len(dataset) if limit is None else min(limit, len(dataset))
     per_image: list[dict] = []
+    images: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     deltas = []
     with torch.no_grad():
         for i in range(count):
@@ -113,12 +114,9 @@ def score_run(run_dir: Path, *, split: str, data: Path | None, limit: int | None
                     "psnr_mask_control": _lung_psnr(warp(out, delta[None]), truth, mask),
                 }
             )
-            per_image[-1]["_out"] = out
-            per_image[-1]["_truth"] = truth
-            per_image[-1]["_mask"] = mask
+            images.append((out, truth, mask))  # for the systematic drift, known at the end
         systematic = torch.stack(deltas).mean(dim=0)
-        for row in per_image:
-            out, truth, mask = row.pop("_out"), row.pop("_truth"), row.pop("_mask")
+        for row, (out, truth, mask) in zip(per_image, images):
             row["psnr_mask_undo_systematic"] = _lung_psnr(warp(out, -systematic[None]), truth, mask)
     means = {k: float(np.mean([r[k] for r in per_image])) for k in per_image[0] if k != "name"}
     epe_none = means["epe_none"]

@@ -207,6 +207,10 @@ def predict_paths(
 ) -> PredictSummary:
     """Predict every image of ``inputs`` and write the results under ``output_dir``.
 
+    A full disk stops the run: the file being written and every one not yet attempted are
+    reported as failed with that reason (the outputs already written are complete: every
+    write is atomic).
+
     Args:
         predictor: the model (with its TTA/tiling settings).
         inputs: files and/or folders (see :func:`collect_inputs` for the output paths).
@@ -217,10 +221,6 @@ def predict_paths(
 
     Returns:
         The summary (outputs written, failures with reasons, skipped outputs, wall time).
-
-    A full disk stops the run: the file being written and every one not yet attempted are
-    reported as failed with that reason (the outputs already written are complete: every
-    write is atomic).
 
     Raises:
         ValueError: see :func:`collect_inputs`, or an output folder that cannot be written
