@@ -778,10 +778,61 @@ def train_command(spec: RunSpec, base_config: str, run_dir: Path, resume: bool) 
     return [*cmd, "--config", base_config, "--out", str(run_dir), *spec.overrides]
 
 
+_OFF_NETWORK_KEYS = {
+    "R": ("model.R.", "optim.R.", "loss.smooth_"),
+    "D": ("model.D.", "optim.D.", "loss.gan_", "loss.feat_match_", "loss.r1_"),
+}
+"""Settings that cannot affect a run in which that network is off."""
+
+
+def effective_settings(cfg: Any) -> dict[str, Any]:
+    """A config's settings that shape a run, flattened to dotted keys.
+
+    The settings of a network that is off (``model.R.enabled: false`` and so on) are dropped:
+    changing R's kind in the base config does not change what a G-only run trains.
+    """
+    from medi2i.config import Config, config_to_dict
+
+    if not isinstance(cfg, Config):
+        cfg = Config.model_validate(cfg)  # fills settings added since the run was made
+
+    def flat(d: dict, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in d.items():
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[prefix + key] = value
+        return out
+
+    settings = flat(config_to_dict(cfg))
+    for net, prefixes in _OFF_NETWORK_KEYS.items():
+        if not settings.get(f"model.{net}.enabled"):
+            settings = {
+                k: v
+                for k, v in settings.items()
+                if k == f"model.{net}.enabled" or not k.startswith(prefixes)
+            }
+    return settings
+
+
+def config_drift(run_dir: Path, base_config: str, overrides: list[str]) -> list[str]:
+    """Settings where the run's saved ``config.yaml`` differs from what its arm would use now."""
+    import yaml
+
+    from medi2i.config import load_config
+
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    before = effective_settings(saved)
+    now = effective_settings(load_config(base_config, overrides))
+    return sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+
+
 def run_state(run_dir: Path, signature: dict[str, Any]) -> str:
     """What a run folder needs: ``reuse``, ``evaluate``, ``resume``, ``train`` or ``stale``.
 
-    ``stale``: it was made with other overrides (or by something else) and must be rebuilt.
+    ``stale``: it was made with other overrides, by something else, or with settings that the
+    base config no longer gives its arm (the config file changed since): it must be rebuilt.
     """
     if not run_dir.exists():
         return "train"
@@ -791,6 +842,15 @@ def run_state(run_dir: Path, signature: dict[str, Any]) -> str:
         return "stale"
     if {k: saved.get(k) for k in signature} != signature:
         return "stale"
+    if (run_dir / "config.yaml").is_file():
+        try:
+            drift = config_drift(run_dir, signature["config"], signature["overrides"])
+        except Exception as exc:  # an unreadable or invalid saved config cannot be trusted
+            logger.info("%s: saved config unreadable (%s): stale", run_dir.name, exc)
+            return "stale"
+        if drift:
+            logger.info("%s: settings changed since it ran (%s): stale", run_dir.name, drift)
+            return "stale"
     if (run_dir / "test_eval" / "summary.json").is_file():
         return "reuse"
     if (run_dir / "summary.json").is_file() and (run_dir / "checkpoints" / "best.pt").is_file():

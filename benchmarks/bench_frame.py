@@ -68,11 +68,17 @@ def score_run(run_dir: Path, *, split: str, data: Path | None, limit: int | None
     loaded = load_generator(run_dir, weights="ema")
     state = load_checkpoint(loaded.checkpoint, map_location="cpu")
     cfg = Config.model_validate(state["config"])
-    if "R" not in state["model"]:
-        raise ValueError(f"{run_dir}: the run has no registration network R (model.R off)")
-    reg = build_registration(cfg.model.R)
-    reg.load_state_dict(state["model"]["R"])
+    if not cfg.model.R.enabled:
+        raise ValueError(f"{run_dir}: the run has no registration R (model.R.enabled false)")
+    reg = build_registration(cfg.model.R, lung_weight=cfg.loss.lung_weight)
+    fitted = cfg.model.R.kind == "fit"
+    if not fitted:  # a learnt R's weights; a fitted one has none
+        reg.load_state_dict(state["model"]["R"])
     reg.eval()
+
+    def register(moving: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return (reg(moving, fixed, mask) if fitted else reg(moving, fixed))[0]
+
     root = Path(data) if data is not None else Path(cfg.data.root)
     marker = root / "benchmark.json"
     if not marker.is_file():
@@ -99,8 +105,8 @@ def score_run(run_dir: Path, *, split: str, data: Path | None, limit: int | None
                 )
             )
             out = loaded.generator(x).float()
-            f_out = reg(out, y)[0]
-            f_truth = reg(truth, y)[0]
+            f_out = register(out, y, mask)
+            f_truth = register(truth, y, mask)
             delta = d - f_out
             deltas.append(delta)
             per_image.append(

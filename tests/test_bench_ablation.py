@@ -273,3 +273,31 @@ def test_crop_window_and_markdown(ab):
     assert "| G+R+D |" in text and "PASS" in text and "Failed runs" in text
     assert "†" in text  # single-seed arms show the image bootstrap CI
     assert not math.isnan(ab._json_safe({"x": float("nan")})["x"] or 0.0)
+
+
+def test_a_run_made_with_settings_the_base_config_no_longer_gives_is_stale(ab, tmp_path):
+    """Reuse rests on what a run trained with, not only on the command line that made it."""
+    import json
+
+    from medi2i.config import load_config, save_config
+
+    base = tmp_path / "base.yaml"
+    base.write_text("model:\n  R: {enabled: true}\n  D: {enabled: false}\n", encoding="utf-8")
+    runs = {}
+    for arm, overrides in {"G": ["model.R.enabled=false"], "G+R": []}.items():
+        run = tmp_path / arm
+        (run / "test_eval").mkdir(parents=True)
+        (run / "test_eval" / "summary.json").write_text("{}", encoding="utf-8")
+        signature = {"config": str(base), "overrides": overrides}
+        (run / "bench_run.json").write_text(json.dumps(signature), encoding="utf-8")
+        save_config(load_config(str(base), overrides), run / "config.yaml")
+        runs[arm] = (run, signature)
+    assert all(ab.run_state(run, sig) == "reuse" for run, sig in runs.values())
+    # the base config changes R's kind: the G+R run no longer is what its arm trains, the G
+    # run (R off) still is
+    base.write_text(
+        "model:\n  R: {enabled: true, kind: fit}\n  D: {enabled: false}\n", encoding="utf-8"
+    )
+    assert ab.run_state(*runs["G"]) == "reuse"
+    assert ab.run_state(*runs["G+R"]) == "stale"
+    assert ab.config_drift(runs["G+R"][0], str(base), []) == ["model.R.kind"]

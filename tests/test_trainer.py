@@ -179,6 +179,30 @@ def test_a_diverging_r_reaches_the_nonfinite_guard(dataset_root, tmp_path):
     trainer.logger.close()
 
 
+def test_fitted_r_trains_g_through_a_fixed_frame(dataset_root, tmp_path, monkeypatch):
+    """kind fit: the field is fitted to G's detached output, and has no weights to keep."""
+    from medi2i.models import fitted_registration
+
+    seen = []
+    real_forward = fitted_registration.FittedRegistration.forward
+
+    def spy(self, moving, fixed, mask=None):
+        seen.append((moving.requires_grad, mask is not None))
+        return real_forward(self, moving, fixed, mask)
+
+    monkeypatch.setattr(fitted_registration.FittedRegistration, "forward", spy)
+    cfg = tiny_cfg(dataset_root, "model.R.enabled=true", "model.R.kind=fit", "model.D.enabled=true")
+    run = tmp_path / "run"
+    summary = train(cfg, out=str(run))
+    assert summary["steps"] == 6 and summary["skipped_steps"] == 0
+    assert len(seen) == 6 and all(s == (False, True) for s in seen)
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert set(state["model"]) == set(state["optim"]) == {"G", "D"}
+    steps = read_jsonl(run / "metrics" / "steps.jsonl")
+    assert all("field_max_px" in s and "grad_norm_R" not in s for s in steps)
+    assert all(s["w_smooth"] == 0 for s in steps)  # a fitted field is not G's to smooth
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "medi2i", "train", *args]
 

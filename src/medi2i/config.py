@@ -289,12 +289,34 @@ class GeneratorConfig(_Section):
 
 
 class RegistrationConfig(_Section):
-    """Registration network R (RegGAN idea): warps G's output onto the misaligned target."""
+    """Registration R (RegGAN idea): warps G's output onto the misaligned target.
+
+    ``kind: net`` is RegGAN's learnt UNet (``base_channels``, ``depth``, ``attention``), trained
+    through G's loss; ``kind: fit`` fits a smooth field to each pair at every step
+    (``grid_spacing``, ``fit_iterations``, ``fit_step_px``, ``detail_sigma``; no weights).
+    """
 
     enabled: bool = False
+    kind: Literal["net", "fit"] = Field(
+        "net",
+        description="'net' = a learnt registration UNet trained with G's loss (RegGAN); 'fit' "
+        "= a smooth field fitted to each pair's detail band at every step, a fixed frame for "
+        "G's loss (models/fitted_registration.py)",
+    )
     base_channels: int = Field(8, ge=2)
     depth: int = Field(3, ge=1, le=6)
     attention: bool = False
+    grid_spacing: int = Field(
+        32, ge=4, description="kind fit: pixels between the field's control points"
+    )
+    fit_iterations: int = Field(40, ge=1, le=1000, description="kind fit: Adam steps per fit")
+    fit_step_px: float = Field(0.2, gt=0, le=10, description="kind fit: Adam's step size in pixels")
+    detail_sigma: float = Field(
+        1.0,
+        ge=0,
+        le=16,
+        description="kind fit: compare image - gaussian(image, sigma); 0 = raw intensities",
+    )
 
 
 class DiscriminatorConfig(_Section):

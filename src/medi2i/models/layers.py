@@ -222,6 +222,35 @@ def upsample2x(x: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
     raise ValueError(f"upsample mode must be one of {UPSAMPLE_MODES}, got {mode!r}")
 
 
+def gaussian_blur(x: torch.Tensor, sigma: float, truncate: float = 3.0) -> torch.Tensor:
+    """Separable Gaussian filter of every channel, same size, border values replicated.
+
+    Args:
+        x: ``(N, C, H, W)`` tensor.
+        sigma: standard deviation in pixels (> 0).
+        truncate: the kernel's radius is ``ceil(truncate * sigma)`` pixels.
+
+    Returns:
+        The filtered tensor, ``(N, C, H, W)``; differentiable.
+
+    Raises:
+        ValueError: if ``sigma <= 0`` or ``x`` is not 4-D.
+    """
+    if sigma <= 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    if x.ndim != 4:
+        raise ValueError(f"expected (N, C, H, W), got {tuple(x.shape)}")
+    radius = max(1, math.ceil(truncate * sigma))
+    taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    c = x.shape[1]
+    rows = kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1)
+    cols = kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1)
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), rows, groups=c)
+    return F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), cols, groups=c)
+
+
 class SelfAttention2d(nn.Module):
     """Multi-head self-attention over all positions of a feature map, with a residual.
 

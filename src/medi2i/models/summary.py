@@ -10,11 +10,11 @@ import logging
 
 import torch
 
-from medi2i.config import Config
+from medi2i.config import Config, RegistrationConfig
 from medi2i.models.discriminator import build_discriminator, resolve_d_conditional
 from medi2i.models.generator import build_generator, resolve_generator_config
 from medi2i.models.layers import count_parameters
-from medi2i.models.registration import build_registration
+from medi2i.models.registration import RegistrationNet, build_registration
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,26 @@ def _why(choice: str, r_enabled: bool) -> str:
     if choice != "auto":
         return ""
     return ", R is on" if r_enabled else ", R is off"
+
+
+def _registration_lines(
+    rcfg: RegistrationConfig, r: torch.nn.Module, field: torch.Tensor
+) -> list[str]:
+    state = "enabled" if rcfg.enabled else "disabled in this config"
+    io = f"   input (G output, target) -> displacement field {_shape(field)} in pixels (dy, dx)"
+    if isinstance(r, RegistrationNet):
+        return [
+            f"R  registration UNet ({state}): {count_parameters(r):,} parameters",
+            f"   base {rcfg.base_channels}, depth {rcfg.depth}, attention "
+            f"{_on_off(rcfg.attention)}; pads to a multiple of {r.multiple}",
+            io,
+        ]
+    return [
+        f"R  fitted per pair at every step ({state}): no parameters",
+        f"   control point every {rcfg.grid_spacing} px, {rcfg.fit_iterations} Adam steps of "
+        f"{rcfg.fit_step_px:g} px on the detail band (sigma {rcfg.detail_sigma:g} px)",
+        io,
+    ]
 
 
 def model_summary(cfg: Config, image_size: int = 256) -> str:
@@ -59,11 +79,12 @@ def model_summary(cfg: Config, image_size: int = 256) -> str:
     size = (1, 1, image_size, image_size)
     with torch.device("meta"), torch.no_grad():
         g = build_generator(mcfg.G, output_range=cfg.data.normalization.output_range).eval()
-        r = build_registration(mcfg.R).eval()
+        r = build_registration(mcfg.R, lung_weight=cfg.loss.lung_weight).eval()
         d = build_discriminator(mcfg.D, conditional).eval()
         x = torch.empty(size)
         g_out = g(x)
-        field = r(g_out, x)
+        # a fitted R runs an optimiser, which meta tensors cannot: its field has the image's shape
+        field = r(g_out, x) if mcfg.R.kind == "net" else torch.empty(1, 2, *x.shape[-2:])
         d_out = d(g_out, x if conditional else None)
 
     n_g, n_r, n_d = count_parameters(g), count_parameters(r), count_parameters(d)
@@ -76,11 +97,7 @@ def model_summary(cfg: Config, image_size: int = 256) -> str:
         f"out activation {spec.out_activation}, residual output {_on_off(spec.residual_output)}",
         f"   pads internally to a multiple of {g.multiple}; output {_shape(g_out)}",
         "",
-        f"R  registration UNet ({'enabled' if mcfg.R.enabled else 'disabled in this config'}): "
-        f"{n_r:,} parameters",
-        f"   base {mcfg.R.base_channels}, depth {mcfg.R.depth}, attention "
-        f"{_on_off(mcfg.R.attention)}; pads to a multiple of {r.multiple}",
-        f"   input (G output, target) -> displacement field {_shape(field)} in pixels (dy, dx)",
+        *_registration_lines(mcfg.R, r, field),
         "",
         f"D  multi-scale PatchGAN ({'enabled' if mcfg.D.enabled else 'disabled in this config'}): "
         f"{n_d:,} parameters",

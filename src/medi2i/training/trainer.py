@@ -5,11 +5,15 @@ mask drawn in the input's frame)::
 
     y_hat = G(x)
     D step   (when D is on): D_loss = GAN(D(y), D(y_hat.detach())) [+ R1 on lazy steps]
-    G step:  with R on:  field = R(y_hat, y);  pred = warp(y_hat, field);
+    G step:  with R on:  field = R(y_hat, y)   (learnt R, model.R.kind net)
+                             or R(y_hat.detach(), y, mask)   (fitted R, kind fit: a fixed
+                             frame G cannot move, no weights);
+                         pred = warp(y_hat, field);
                          mask_t = warp(mask, field.detach())        (the target's frame)
              with R off: pred = y_hat;  mask_t = mask
              G_loss = w_recon(pred, y, mask_t) + gan_weight*GAN(D(y_hat))
-                      + feat_match_weight*FM(D(y), D(pred)) [+ smooth_weight*smooth(field)]
+                      + feat_match_weight*FM(D(y), D(pred)) [+ smooth_weight*smooth(field),
+                        learnt R only]
     clip each network's gradient norm (the norm before clipping is logged), then - unless a
     loss or gradient is non-finite, in which case the step is skipped and counted - step the
     optimisers and schedulers and update the EMA of G.
@@ -203,7 +207,12 @@ class Trainer:
 
         # -- networks, optimisers, schedules ---------------------------------------------------
         self.G = build_generator(cfg.model.G, output_range=(lo, hi)).to(self.device)
-        self.R = build_registration(cfg.model.R).to(self.device) if cfg.model.R.enabled else None
+        self.R = None
+        if cfg.model.R.enabled:
+            self.R = build_registration(cfg.model.R, lung_weight=cfg.loss.lung_weight)
+            self.R = self.R.to(self.device)
+        # a fitted R has no weights: nothing to optimise, checkpoint or synchronise
+        self.r_learnt = self.R is not None and cfg.model.R.kind == "net"
         self.d_conditional = False
         self.D = None
         if cfg.model.D.enabled:
@@ -237,7 +246,7 @@ class Trainer:
         if ctx.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.G = DDP(self.G, device_ids=ids)
-            if self.R is not None:
+            if self.r_learnt:
                 self.R = DDP(self.R, device_ids=ids)
             if self.D is not None:
                 self.D = DDP(self.D, device_ids=ids)
@@ -318,7 +327,7 @@ class Trainer:
 
     def _nets(self) -> dict[str, nn.Module]:
         nets = {"G": self.G}
-        if self.R is not None:
+        if self.r_learnt:
             nets["R"] = self.R
         if self.D is not None:
             nets["D"] = self.D
@@ -403,11 +412,16 @@ class Trainer:
         field = None
         pred, pred_mask = y_hat, mask
         if self.R is not None:
-            with self._autocast():
-                # R reads G's output with its graph (RegGAN's formulation): G also learns
-                # through the field. With a detached copy G learnt only through the warp and
-                # ended 0.9 dB lower in lung PSNR on the benchmark's validation split.
-                field = self.R(y_hat, y)
+            if self.r_learnt:
+                with self._autocast():
+                    # A learnt R reads G's output with its graph (RegGAN's formulation): G also
+                    # learns through the field. With a detached copy G learnt only through the
+                    # warp and ended 0.9 dB lower in lung PSNR on the benchmark's validation split.
+                    field = self.R(y_hat, y)
+            else:
+                # A fitted R registers G's output as it is and hands G's loss a fixed frame: G
+                # cannot move its output to suit the registration.
+                field = self.R(y_hat.detach(), y, mask)
             field = field.float()
             pred = warp(y_hat, field)
             pred_mask = warp(mask, field.detach())
@@ -439,7 +453,7 @@ class Trainer:
             fake_outputs=fake_out,
             real_outputs=real_out,
             fm_outputs=fm_out,
-            field=field,
+            field=field if self.r_learnt else None,  # a fitted field is not G's to smooth
         )
         every = self.cfg.logging.gshare_every
         if every and self.global_step % every == 0:
@@ -451,7 +465,7 @@ class Trainer:
         stats.update(g_parts)
         stats["loss_G"] = g_total.detach()
         stats.update(self._clip("G"))
-        if self.R is not None:
+        if self.r_learnt:
             stats.update(self._clip("R"))
 
         # The step's only host sync: skip the update when anything is non-finite.
