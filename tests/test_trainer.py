@@ -191,13 +191,20 @@ def test_fitted_r_trains_g_through_a_fixed_frame(dataset_root, tmp_path, monkeyp
         return real_forward(self, moving, fixed, mask)
 
     monkeypatch.setattr(fitted_registration.FittedRegistration, "forward", spy)
-    cfg = tiny_cfg(dataset_root, "model.R.enabled=true", "model.R.kind=fit", "model.D.enabled=true")
+    cfg = tiny_cfg(
+        dataset_root,
+        "model.R.enabled=true",
+        "model.R.kind=fit",
+        "model.R.center=true",
+        "model.D.enabled=true",
+    )
     run = tmp_path / "run"
     summary = train(cfg, out=str(run))
     assert summary["steps"] == 6 and summary["skipped_steps"] == 0
     assert len(seen) == 6 and all(s == (False, True) for s in seen)
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert set(state["model"]) == set(state["optim"]) == {"G", "D"}
+    assert state["r_centring"]["updates"] == 6  # one running-mean update per step
     steps = read_jsonl(run / "metrics" / "steps.jsonl")
     assert all("field_max_px" in s and "grad_norm_R" not in s for s in steps)
     assert all(s["w_smooth"] == 0 for s in steps)  # a fitted field is not G's to smooth
@@ -211,6 +218,7 @@ CLI_TINY = [
     *TINY_NETS,
     "model.G.dropout=0.1",  # uses the torch RNG: resume must restore it
     "model.R.enabled=true",
+    "model.R.center=true",  # its running mean must be restored too
     "model.D.enabled=true",
     "data.augment.affine_p=0.5",
     "data.augment.rotate_deg=5",

@@ -317,6 +317,13 @@ class RegistrationConfig(_Section):
         le=16,
         description="kind fit: compare image - gaussian(image, sigma); 0 = raw intensities",
     )
+    center: bool = Field(
+        False,
+        description="subtract the running mean of the fields' affine part (translation and "
+        "linear) before the warp: misalignment is taken to be random, so a displacement "
+        "common to the data is G's to fix (models/field_centring.py)",
+    )
+    center_momentum: float = Field(0.99, ge=0, lt=1, description="center: running-mean momentum")
 
 
 class DiscriminatorConfig(_Section):

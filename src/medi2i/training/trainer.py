@@ -8,6 +8,7 @@ mask drawn in the input's frame)::
     G step:  with R on:  field = R(y_hat, y)   (learnt R, model.R.kind net)
                              or R(y_hat.detach(), y, mask)   (fitted R, kind fit: a fixed
                              frame G cannot move, no weights);
+                         [field -= running mean of the fields' affine part, model.R.center]
                          pred = warp(y_hat, field);
                          mask_t = warp(mask, field.detach())        (the target's frame)
              with R off: pred = y_hat;  mask_t = mask
@@ -86,6 +87,7 @@ from medi2i.inference.loading import load_generator
 from medi2i.losses import DiscriminatorLoss, GeneratorLoss, gradient_shares
 from medi2i.models import build_discriminator, build_generator, build_registration
 from medi2i.models.discriminator import resolve_d_conditional
+from medi2i.models.field_centring import SystematicFieldRemoval
 from medi2i.models.registration import warp
 from medi2i.training.checkpoints import (
     CheckpointManager,
@@ -213,6 +215,9 @@ class Trainer:
             self.R = self.R.to(self.device)
         # a fitted R has no weights: nothing to optimise, checkpoint or synchronise
         self.r_learnt = self.R is not None and cfg.model.R.kind == "net"
+        self.r_centring = None
+        if self.R is not None and cfg.model.R.center:
+            self.r_centring = SystematicFieldRemoval(cfg.model.R.center_momentum)
         self.d_conditional = False
         self.D = None
         if cfg.model.D.enabled:
@@ -423,6 +428,9 @@ class Trainer:
                 # cannot move its output to suit the registration.
                 field = self.R(y_hat.detach(), y, mask)
             field = field.float()
+            if self.r_centring is not None:
+                # a displacement common to the data is G's to fix, not R's to absorb
+                field = self.r_centring(field)
             pred = warp(y_hat, field)
             pred_mask = warp(mask, field.detach())
             stats["field_max_px"] = field.detach().norm(dim=1).amax()
@@ -716,6 +724,7 @@ class Trainer:
             history=list(self.history),
             instabilities=list(self.instabilities),
             mode=mode_name(self.cfg),
+            r_centring=self.r_centring.state_dict() if self.r_centring is not None else None,
         )
 
     def save(self, *, is_best: bool, epoch_end: bool) -> None:
@@ -731,6 +740,8 @@ class Trainer:
         for name, net in self._nets().items():
             unwrap(net).load_state_dict(state["model"][name])
         self.ema.load_state_dict(state["ema"]["G"])
+        if self.r_centring is not None and state.get("r_centring"):
+            self.r_centring.load_state_dict(state["r_centring"])
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state["optim"][name])
         for name, sched in self.schedulers.items():
