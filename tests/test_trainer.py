@@ -205,6 +205,7 @@ def test_fitted_r_trains_g_through_a_fixed_frame(dataset_root, tmp_path, monkeyp
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert set(state["model"]) == set(state["optim"]) == {"G", "D"}
     assert state["r_centring"]["updates"] == 6  # one running-mean update per step
+    assert all("field_systematic_px" in s for s in read_jsonl(run / "metrics" / "steps.jsonl"))
     steps = read_jsonl(run / "metrics" / "steps.jsonl")
     assert all("field_max_px" in s and "grad_norm_R" not in s for s in steps)
     assert all(s["w_smooth"] == 0 for s in steps)  # a fitted field is not G's to smooth

@@ -431,6 +431,7 @@ class Trainer:
             if self.r_centring is not None:
                 # a displacement common to the data is G's to fix, not R's to absorb
                 field = self.r_centring(field)
+                stats["field_systematic_px"] = self.r_centring.estimate()[:, 0].norm()
             pred = warp(y_hat, field)
             pred_mask = warp(mask, field.detach())
             stats["field_max_px"] = field.detach().norm(dim=1).amax()
