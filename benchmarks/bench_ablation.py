@@ -1,11 +1,11 @@
-"""Ablation of the demo: do the registration net R and the discriminator D earn their place?
+"""Ablation of the demo: do the registration R and the discriminator D earn their place?
 
 Five arms, each a set of config overrides on top of the base config (``configs/demo.yaml``,
 which is G+R+D), all trained with the same budget (epochs, steps per epoch, batch size, crop):
 
 * ``oracle`` - G alone trained on the *aligned* targets (the ceiling misalignment costs),
 * ``G`` - G alone on the misaligned targets,
-* ``G+R`` - G with the registration net, no D,
+* ``G+R`` - G with the base config's registration R (the demo's: fitted per pair), no D,
 * ``G+D`` - G with D, no R,
 * ``G+R+D`` - the demo as it is.
 
@@ -19,9 +19,10 @@ aligned targets warped by the dataset's own misalignment simulator, ``max_px`` 0
 
 Outputs in ``--out``: ``runs/ARM-sS/`` (each run, with ``bench.log`` and ``test_eval/``),
 ``ablation.json``, ``ablation.md`` and ``crops.png``. A run whose ``test_eval/summary.json``
-exists (with the same overrides) is reused, so an interrupted benchmark continues; ``--fresh``
-retrains everything. Exit status 0 when every run finished (failing floors are a result), 1
-when some run failed, 2 for bad arguments.
+exists (with the same overrides, and settings that still match what the base config gives its
+arm) is reused, so an interrupted benchmark continues; ``--fresh`` retrains everything. Exit
+status 0 when every run finished (failing floors are a result), 1 when some run failed, 2 for
+bad arguments.
 
 Usage::
 
