@@ -73,6 +73,10 @@ def score_run(run_dir: Path, *, split: str, data: Path | None, limit: int | None
     reg = build_registration(cfg.model.R, lung_weight=cfg.loss.lung_weight)
     fitted = cfg.model.R.kind == "fit"
     if not fitted:  # a learnt R's weights; a fitted one has none
+        if "R" not in state["model"]:
+            raise ValueError(
+                f"{run_dir}: the checkpoint holds no weights of the registration network R"
+            )
         reg.load_state_dict(state["model"]["R"])
     reg.eval()
 

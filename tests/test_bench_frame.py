@@ -92,5 +92,20 @@ def test_refuses_a_run_without_r(frame, gr_run, tmp_path):
     del state["model"]["R"]
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     torch.save(state, tmp_path / "run" / "checkpoints" / "best.pt")
-    with pytest.raises(ValueError, match="no registration network R"):
+    with pytest.raises(ValueError, match="no weights of the registration network R"):
         frame.score_run(tmp_path / "run", split="val", data=None, limit=1)
+    state["config"]["model"]["R"]["enabled"] = False
+    torch.save(state, tmp_path / "run" / "checkpoints" / "best.pt")
+    with pytest.raises(ValueError, match="has no registration R"):
+        frame.score_run(tmp_path / "run", split="val", data=None, limit=1)
+
+
+def test_a_fitted_r_is_scored_without_weights(frame, gr_run, tmp_path):
+    """kind fit: the field is fitted at scoring time; with the aligned truth it registers well."""
+    state = torch.load(gr_run / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
+    del state["model"]["R"]
+    state["config"]["model"]["R"].update(kind="fit", grid_spacing=16)
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    torch.save(state, tmp_path / "run" / "checkpoints" / "best.pt")
+    result = frame.score_run(tmp_path / "run", split="val", data=None, limit=1)
+    assert result["recovered_R_truth"] > 0.5
