@@ -32,10 +32,10 @@ is element-wise and the loss is a sum of per-pair terms), so a pair's field does
 the batch it came in.
 
 In training (``model.R.kind: fit``) the field is fitted to G's output *detached* and given to
-G's loss as a fixed frame: G is trained to produce the image whose warp matches the target,
-and cannot move its output to please the registration (with a learnt R sharing G's loss, G's
-output drifted by a systematic ~0.5 px that R undid: a deformation of the anatomy that no
-loss saw). There are no weights: nothing to train, checkpoint or synchronise across ranks.
+G's loss as a fixed frame: G learns through the warped image only, never through the field.
+The fit still follows wherever G's output sits, so a displacement of G's whole output stays
+free; :mod:`medi2i.models.field_centring` (``model.R.center``) takes that freedom away. There
+are no weights: nothing to train, checkpoint or synchronise across ranks.
 """
 
 from __future__ import annotations

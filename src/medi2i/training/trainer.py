@@ -6,8 +6,8 @@ mask drawn in the input's frame)::
     y_hat = G(x)
     D step   (when D is on): D_loss = GAN(D(y), D(y_hat.detach())) [+ R1 on lazy steps]
     G step:  with R on:  field = R(y_hat, y)   (learnt R, model.R.kind net)
-                             or R(y_hat.detach(), y, mask)   (fitted R, kind fit: a fixed
-                             frame G cannot move, no weights);
+                             or R(y_hat.detach(), y, mask)   (fitted R, kind fit: no
+                             weights; G learns through the warped image only);
                          [field -= running mean of the fields' affine part, model.R.center]
                          pred = warp(y_hat, field);
                          mask_t = warp(mask, field.detach())        (the target's frame)
@@ -425,7 +425,7 @@ class Trainer:
                     field = self.R(y_hat, y)
             else:
                 # A fitted R registers G's output as it is and hands G's loss a fixed frame: G
-                # cannot move its output to suit the registration.
+                # learns through the warped image, not through the field.
                 field = self.R(y_hat.detach(), y, mask)
             field = field.float()
             if self.r_centring is not None:
