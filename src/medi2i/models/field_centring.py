@@ -25,8 +25,6 @@ misalignment is random, as it should be for paired data). The statistics are per
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 __all__ = ["SystematicFieldRemoval", "affine_parts"]
@@ -77,14 +75,14 @@ class SystematicFieldRemoval:
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         self.momentum = float(momentum)
+        # kept on the fields' device, and updated without reading values back to the host
         self.mean = torch.zeros(2, 3)
-        self.updates = 0
+        self.updates = torch.zeros(())
 
     def estimate(self) -> torch.Tensor:
         """The bias-corrected running mean ``(2, 3)`` (zeros before the first update)."""
-        if self.updates == 0:
-            return torch.zeros_like(self.mean)
-        return self.mean / (1.0 - self.momentum**self.updates)
+        correction = 1.0 - self.momentum**self.updates
+        return torch.where(self.updates > 0, self.mean / correction.clamp_min(1e-12), 0.0)
 
     def __call__(self, field: torch.Tensor, *, update: bool = True) -> torch.Tensor:
         """Update the running mean with this batch (if ``update``) and remove it from ``field``.
@@ -100,25 +98,30 @@ class SystematicFieldRemoval:
             ``field`` minus the systematic affine field, same shape and dtype.
         """
         with torch.no_grad():
+            self.mean = self.mean.to(field.device)
+            self.updates = self.updates.to(field.device)
             if update:
-                batch = affine_parts(field.detach()).mean(dim=0).cpu()
-                if bool(torch.isfinite(batch).all()):
-                    self.mean = self.momentum * self.mean + (1.0 - self.momentum) * batch
-                    self.updates += 1
-            m = self.estimate().to(field.device)
+                batch = affine_parts(field.detach()).mean(dim=0)
+                finite = torch.isfinite(batch).all()
+                moved = self.momentum * self.mean + (1.0 - self.momentum) * batch
+                self.mean = torch.where(finite, moved, self.mean)
+                self.updates = self.updates + finite.float()
+            t, a_r, a_c = (self.estimate()[:, k, None, None] for k in range(3))
             h, w = field.shape[-2:]
             r, c = _centred(h, w, field)
-            t, a_r, a_c = (m[:, k, None, None] for k in range(3))
             systematic = t + a_r * r + a_c * c
         return field - systematic.to(field.dtype).unsqueeze(0)
 
     def state_dict(self) -> dict:
         """What a checkpoint keeps (for exact resume)."""
-        return {"momentum": self.momentum, "mean": self.mean.clone(), "updates": self.updates}
+        return {
+            "momentum": self.momentum,
+            "mean": self.mean.detach().cpu().clone(),
+            "updates": int(self.updates.item()),
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict`'s output."""
+        """Restore :meth:`state_dict`'s output (the momentum it was made with included)."""
         self.mean = state["mean"].detach().float().cpu().clone()
-        self.updates = int(state["updates"])
-        if not math.isclose(float(state["momentum"]), self.momentum):
-            self.momentum = float(state["momentum"])
+        self.updates = torch.tensor(float(state["updates"]))
+        self.momentum = float(state["momentum"])
