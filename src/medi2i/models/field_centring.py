@@ -106,7 +106,7 @@ class SystematicFieldRemoval:
                 moved = self.momentum * self.mean + (1.0 - self.momentum) * batch
                 self.mean = torch.where(finite, moved, self.mean)
                 self.updates = self.updates + finite.float()
-            t, a_r, a_c = (self.estimate()[:, k, None, None] for k in range(3))
+            t, a_r, a_c = self.estimate()[..., None, None].unbind(dim=1)  # each (2, 1, 1)
             h, w = field.shape[-2:]
             r, c = _centred(h, w, field)
             systematic = t + a_r * r + a_c * c

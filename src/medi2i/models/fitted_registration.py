@@ -148,7 +148,7 @@ class FittedRegistration(nn.Module):
 
         Returns:
             ``(N, 2, H, W)`` displacement in pixels (channel 0 = rows), detached; apply it with
-            :func:`~medi2i.models.registration.warp`.
+            :func:`~medi2i.models.warp.warp`.
 
         Raises:
             ValueError: on mismatched shapes.
