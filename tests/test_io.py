@@ -289,6 +289,22 @@ def test_out_of_range_values_are_clipped_and_rounded(tmp_path: Path, caplog) -> 
     assert raw[0, :4].tolist() == [255, 0, 11, 10]
 
 
+def test_clipping_warns_only_about_material_overshoot(tmp_path: Path, caplog) -> None:
+    """A prediction scattering a few grey levels around the range's end (black background)
+    is clipped silently; values far outside the range are warned about with their count."""
+    src = write_png(tmp_path / "x.png", ramp(np.uint16, 0, 65535))
+    arr, meta = read_image(src)
+    arr[:2] = -30.0  # two rows 0.05% of the range below 0: noise around black
+    with caplog.at_level(logging.WARNING, logger="medi2i.data.io"):
+        out = write_image(tmp_path / "quiet.png", arr, meta)
+    assert caplog.text == ""
+    assert (read_png(out)[:2] == 0).all()
+    arr[1, :3] = 70000.0  # 7% above the range
+    with caplog.at_level(logging.WARNING, logger="medi2i.data.io"):
+        write_image(tmp_path / "loud.png", arr, meta)
+    assert "3 of 320" in caplog.text and "up to 4465" in caplog.text
+
+
 # --------------------------------------------------------------------------------------------
 # DICOM
 # --------------------------------------------------------------------------------------------

@@ -365,6 +365,8 @@ def _predictor(args: argparse.Namespace):
             tile=getattr(args, "tile", None),
             overlap=getattr(args, "overlap", 0.25),
             batch_size=args.batch,
+            input_window=getattr(args, "input_window", None),
+            intensity_check=getattr(args, "intensity_check", "error"),
         )
     except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from exc
@@ -667,6 +669,23 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--output", required=True, help="output folder (never an input folder)")
     pr.add_argument("--tile", type=int, help="sliding-window tile size (px); default whole image")
     pr.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction")
+    pr.add_argument(
+        "--input-window",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="normalise every input with this intensity window (in the files' units) instead "
+        "of the model's; outputs are mapped back with it. For images stored differently from "
+        "the training data (e.g. 0 255 for 8-bit files given to a model trained on 16-bit)",
+    )
+    pr.add_argument(
+        "--intensity-check",
+        choices=["error", "warn", "off"],
+        default="error",
+        help="an input whose intensities do not look like the training inputs' (median, "
+        "contrast and clipping in the normalisation window) fails (default), warns, or is "
+        "not checked",
+    )
     pr.add_argument("--slice-index", type=int, help="slice of 3D NIfTI/TIFF inputs")
     pr.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     pr.set_defaults(func=_cmd_predict)

@@ -30,7 +30,7 @@ import csv
 import logging
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -441,6 +441,19 @@ class PairedImageDataset(Dataset):
             time.perf_counter() - start,
             "on" if keep else "off",
         )
+
+    def raw_inputs(self, count: int) -> Iterator[tuple[np.ndarray, Window, str]]:
+        """Up to ``count`` evenly spaced inputs as stored, with their windows and value types.
+
+        The value type is the file's integer type when the image holds integers of it, else
+        the decoded float type (e.g. rescaled DICOM).
+        """
+        indices = np.unique(np.linspace(0, len(self) - 1, min(count, len(self))).astype(int))
+        for index in indices:
+            loaded = self._cache[index]
+            raw, win_in, _ = loaded if loaded is not None else self._load(self.records[index])
+            image = raw["input"]
+            yield image, win_in, image.dtype.name
 
     def load_unit(self, index: int) -> tuple[dict[str, np.ndarray], Window, Window]:
         """The pair's images in [0, 1] (mask 0/1) before any random transform, and windows."""

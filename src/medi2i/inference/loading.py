@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from medi2i.config import Config
+from medi2i.data.intensity import IntensityProfile
 from medi2i.data.normalization import Normalizer
 from medi2i.models import build_generator
 from medi2i.training.checkpoints import CheckpointManager, load_checkpoint
@@ -34,6 +35,8 @@ class LoadedGenerator:
     checkpoint: Path
     weights: str
     epoch: int | None
+    intensity: IntensityProfile | None = None
+    """The training inputs' intensities; ``None`` when the checkpoint carries none."""
 
 
 def resolve_checkpoint(run_or_checkpoint: str | Path, which: str = "best") -> Path:
@@ -90,5 +93,7 @@ def load_generator(
     for p in generator.parameters():
         p.requires_grad_(False)
     normalizer = Normalizer.from_state_dict(state["normalizer"])
+    profile = state.get("intensity_profile")
+    intensity = None if profile is None else IntensityProfile.from_dict(profile)
     log.info("loaded G (%s weights, epoch %s) from %s", weights, state.get("epoch"), path)
-    return LoadedGenerator(generator, cfg, normalizer, path, weights, state.get("epoch"))
+    return LoadedGenerator(generator, cfg, normalizer, path, weights, state.get("epoch"), intensity)

@@ -13,6 +13,13 @@ units. Images of any size are accepted: whole (G pads internally to its size mul
 ``tile``, tile by tile with Gaussian-blended overlaps (:mod:`medi2i.inference.tiling`); an
 image is never resized. Optional test-time augmentation (:mod:`medi2i.inference.tta`)
 averages the predictions of several transformed copies.
+
+Every image is first compared with the intensities of the training inputs stored in the
+checkpoint (:mod:`medi2i.data.intensity`): an image encoded differently (8-bit instead of
+16-bit, floats in [0, 1], another window) is refused with the figures and a suggested
+``input_window``, because a generator fed intensities it never saw returns an image-like
+output that is not a prediction. ``input_window`` normalises every image with a window the
+caller names (outputs are mapped back with it, so they keep the input's units).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from medi2i.data.intensity import measure_intensity
 from medi2i.data.normalization import Window
 from medi2i.inference.loading import LoadedGenerator, Weights, load_generator
 from medi2i.inference.tiling import check_tiling, tiled_apply
@@ -32,7 +40,14 @@ from medi2i.inference.tta import TTATransform, parse_tta
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Predictor"]
+__all__ = ["INTENSITY_CHECKS", "IntensityMismatchError", "Predictor"]
+
+INTENSITY_CHECKS = ("error", "warn", "off")
+"""What a mismatch with the training inputs' intensities does: refuse, warn, or nothing."""
+
+
+class IntensityMismatchError(ValueError):
+    """An image's intensities do not look like the training inputs' (message says how)."""
 
 
 class Predictor:
@@ -47,9 +62,14 @@ class Predictor:
         overlap: overlap of neighbouring tiles, a fraction of the tile in ``[0, 1)``.
         batch_size: images (TTA copies or tiles) per forward pass of G.
         device: where to run G; ``None`` = where its parameters already are.
+        input_window: ``(lo, hi)`` in the inputs' units: normalise every image with this
+            window instead of the model's normalisation (and map outputs back with it).
+        intensity_check: ``error`` (default) refuses an image whose intensities do not match
+            the training inputs', ``warn`` logs it and predicts, ``off`` skips the check.
 
     Raises:
-        ValueError: unknown TTA names, bad tiling settings or ``batch_size < 1``.
+        ValueError: unknown TTA names, bad tiling settings, ``batch_size < 1``, a bad
+            ``input_window`` or ``intensity_check``.
     """
 
     def __init__(
@@ -61,10 +81,39 @@ class Predictor:
         overlap: float = 0.25,
         batch_size: int = 4,
         device: str | torch.device | None = None,
+        input_window: Sequence[float] | None = None,
+        intensity_check: str = "error",
     ) -> None:
         check_tiling(tile, overlap)
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if intensity_check not in INTENSITY_CHECKS:
+            raise ValueError(
+                f"intensity_check must be one of {', '.join(INTENSITY_CHECKS)}, got "
+                f"{intensity_check!r}"
+            )
+        self.intensity_check = intensity_check
+        self.input_window = None
+        if input_window is not None:
+            try:
+                lo, hi = (float(v) for v in input_window)
+                self.input_window = Window(lo, hi)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(
+                    f"input_window must be (lo, hi) with finite lo < hi, got {input_window!r}"
+                ) from exc
+            log.info(
+                "every input normalised with the given window [%g, %g]",
+                self.input_window.lo,
+                self.input_window.hi,
+            )
+        self.intensity = loaded.intensity
+        if self.intensity is None and intensity_check != "off":
+            log.info(
+                "%s holds no intensity profile of its training inputs: inputs are not "
+                "checked against it",
+                loaded.checkpoint,
+            )
         self.loaded = loaded
         self.transforms: list[TTATransform] = parse_tta(tta)
         self.tile = None if tile is None else int(tile)
@@ -132,6 +181,10 @@ class Predictor:
             "tile": self.tile,
             "overlap": self.overlap if self.tile is not None else None,
             "device": str(self.device),
+            "input_window": None
+            if self.input_window is None
+            else [self.input_window.lo, self.input_window.hi],
+            "intensity_check": self.intensity_check,
             "normalization": self.normalizer.state_dict(),
         }
 
@@ -196,8 +249,49 @@ class Predictor:
     def window_for(
         self, image: np.ndarray, stored_dtype: str = "float32", source: str = ""
     ) -> Window:
-        """The normalisation window of ``image`` (see :meth:`Normalizer.window_for`)."""
+        """The window ``image`` is normalised with: ``input_window`` when given, else the
+        model's (see :meth:`Normalizer.window_for`)."""
+        if self.input_window is not None:
+            return self.input_window
         return self.normalizer.window_for(image, stored_dtype, source)
+
+    def check_intensity(
+        self, image: np.ndarray, window: Window, stored_dtype: str = "float32", source: str = ""
+    ) -> list[str]:
+        """Compare ``image`` (normalised by ``window``) with the training inputs' intensities.
+
+        Returns:
+            The differences found (empty when the image matches, or nothing to compare with).
+
+        Raises:
+            IntensityMismatchError: differences found and ``intensity_check`` is ``error``.
+        """
+        if self.intensity is None or self.intensity_check == "off":
+            return []
+        problems = self.intensity.mismatch(measure_intensity(image, window))
+        if not problems:
+            return []
+        name = source or "image"
+        stored = ", ".join(self.intensity.stored_dtypes)
+        text = (
+            f"{name}: its intensities do not look like the training inputs' in the window "
+            f"[{window.lo:g}, {window.hi:g}]: {'; '.join(problems)}. It is stored as "
+            f"{stored_dtype} (training inputs: {stored})."
+        )
+        if self.intensity_check == "warn":
+            log.warning("%s Predicted anyway (intensity check: warn).", text)
+            return problems
+        suggestion = self.intensity.suggest_window(image, stored_dtype)
+        hint = (
+            f" If it is the same kind of image stored differently, give its window: "
+            f"--input-window {suggestion.lo:.6g} {suggestion.hi:.6g} (Python: input_window="
+            f"({suggestion.lo:.6g}, {suggestion.hi:.6g}))."
+            if suggestion is not None and self.input_window is None
+            else ""
+        )
+        raise IntensityMismatchError(
+            f"{text}{hint} To predict anyway: --intensity-check warn (or off)."
+        )
 
     def __call__(
         self, image: np.ndarray, *, stored_dtype: str = "float32", source: str = ""
@@ -217,6 +311,8 @@ class Predictor:
         Raises:
             ValueError: not a 2D finite image, smaller than the generator's minimum
                 (twice G's ``multiple`` on each side), or no window can be computed for it.
+            IntensityMismatchError: its intensities do not match the training inputs' (with
+                ``intensity_check`` ``error``).
         """
         array = np.asarray(image)
         if array.ndim != 2:
@@ -239,6 +335,7 @@ class Predictor:
         if not np.isfinite(array).all():
             raise ValueError(f"{source or 'image'}: contains NaN or infinite values")
         window = self.window_for(array, stored_dtype, source)
+        self.check_intensity(array, window, stored_dtype, source)
         x = torch.from_numpy(np.ascontiguousarray(self.normalizer.forward(array, window)))
         y = self.predict_normalised(x[None, None])[0, 0]
         out = self.normalizer.inverse(y.cpu().numpy().astype(np.float64), window)

@@ -18,6 +18,8 @@ A checkpoint is one ``torch.save`` file holding everything needed to resume a ru
       "config": dict,                             # the resolved config
       "best":   {"metric": str, "value": float, "epoch": int},
       "normalizer": dict,                         # intensity mapping, needed by predict
+      "intensity_profile": dict,                  # the training inputs' intensities, which
+                                                  # predict checks new images against
     }
 
 :func:`checkpoint_payload` adds the metadata keys; :class:`CheckpointManager` writes ``last.pt``,

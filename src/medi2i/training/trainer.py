@@ -81,6 +81,7 @@ from medi2i.data.dataset import (
     build_normalizer,
     resolve_pairs,
 )
+from medi2i.data.intensity import IntensityProfile
 from medi2i.data.normalization import Normalizer
 from medi2i.evaluation.baseline import identity_baseline
 from medi2i.inference.loading import load_generator
@@ -121,6 +122,9 @@ from medi2i.utils.atomic import atomic_write_text
 log = logging.getLogger(__name__)
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+INTENSITY_PROFILE_IMAGES = 64
+"""Training inputs (evenly spaced) the stored intensity profile is measured on."""
 
 
 class TrainingError(RuntimeError):
@@ -186,6 +190,12 @@ class Trainer:
         lo, hi = cfg.data.normalization.output_range
         self.data_range = float(hi - lo)
         self.train_set = build_dataset(cfg, "train", normalizer=self.normalizer)
+        # where the training inputs sit in the normalisation window: predict checks new images
+        # against it (checkpoint key intensity_profile)
+        self.intensity_profile = IntensityProfile.from_images(
+            self.train_set.raw_inputs(INTENSITY_PROFILE_IMAGES)
+        )
+        log.info("intensity profile: %s", self.intensity_profile.describe())
         world_batch = cfg.data.batch_size * ctx.world_size
         self.steps_per_epoch = tc.steps_per_epoch or max(1, len(self.train_set) // world_batch)
         self.sampler = EpochSampler(
@@ -721,6 +731,7 @@ class Trainer:
             config=config_to_dict(self.cfg),
             best=dict(self.best),
             normalizer=self.normalizer.state_dict(),
+            intensity_profile=self.intensity_profile.to_dict(),
             wall_seconds=self.wall_seconds,
             history=list(self.history),
             instabilities=list(self.instabilities),

@@ -149,19 +149,44 @@ def _dtype_range(dtype: np.dtype) -> tuple[float, float]:
     return lo, hi
 
 
+CLIP_WARN_MARGIN = 0.01
+"""Overshoot beyond a stored range, as a fraction of the range, that clipping warns about.
+
+A prediction of an image whose background sits at the range's end (black air at 0) scatters
+around that end, so a few percent of a normal output's pixels lie a few grey levels outside
+the range; clipping those changes nothing and is logged at debug level only. A pixel beyond
+the range by more than this fraction of it is a value the image cannot hold, and is warned
+about with its count and the largest overshoot."""
+
+
 def _round_clip(dest: Path, values: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Round to nearest and clip to [lo, hi]; warn with the fraction of clipped pixels."""
+    """Round to nearest and clip to [lo, hi]; warn about material overshoot.
+
+    Pixels beyond the range by more than :data:`CLIP_WARN_MARGIN` of it are counted in a
+    warning; smaller overshoots are clipped with a debug message.
+    """
     rounded = np.rint(values)
-    n_clipped = int(np.count_nonzero((rounded < lo) | (rounded > hi)))
+    below, above = rounded < lo, rounded > hi
+    n_clipped = int(np.count_nonzero(below | above))
     if n_clipped:
-        logger.warning(
-            "%s: %d of %d pixels (%.3f%%) outside the stored range [%g, %g] were clipped",
-            dest,
-            n_clipped,
-            rounded.size,
-            100.0 * n_clipped / rounded.size,
-            lo,
-            hi,
+        overshoot = np.maximum(lo - rounded, rounded - hi)
+        margin = CLIP_WARN_MARGIN * max(hi - lo, 1.0)
+        n_material = int(np.count_nonzero(overshoot > margin))
+        if n_material:
+            logger.warning(
+                "%s: %d of %d pixels (%.3f%%) lay beyond the stored range [%g, %g] by more "
+                "than %g%% of it (up to %g) and were clipped",
+                dest,
+                n_material,
+                rounded.size,
+                100.0 * n_material / rounded.size,
+                lo,
+                hi,
+                100.0 * CLIP_WARN_MARGIN,
+                float(overshoot.max()),
+            )
+        logger.debug(
+            "%s: %d pixels outside the stored range [%g, %g] clipped", dest, n_clipped, lo, hi
         )
     return np.clip(rounded, lo, hi)
 
