@@ -29,8 +29,8 @@ from medi2i.inference import (
     predict_paths,
 )
 from medi2i.inference.export import EXPORT_TOLERANCE, metadata_path
-from medi2i.inference.tiling import tiled_apply
-from tinydata import train_tiny_g_only, write_pairs
+from medi2i.inference.tiling import DEFAULT_TILE, tiled_apply
+from tinydata import synthetic_pair, train_tiny_g_only, write_pairs
 
 # --------------------------------------------------------------------------------------------
 # fixtures
@@ -212,6 +212,22 @@ def test_tiling_close_to_whole_image_for_a_conv_net():
             assert float(diff.mean()) < 1e-3 and float(diff.max()) < 0.02, overlap
 
 
+def test_images_longer_than_the_default_tile_are_tiled_by_default():
+    """Memory stays bounded by one tile's: a long image is never predicted in one pass."""
+    loaded_id = identity_loaded()
+    predictor = Predictor(loaded_id)
+    assert predictor.tile == DEFAULT_TILE
+    x = torch.rand(1, 1, DEFAULT_TILE + 100, 24)
+    assert torch.allclose(predictor.predict_normalised(x), x, atol=1e-6)
+    assert {call[-2:] for call in loaded_id.generator.calls} == {(DEFAULT_TILE, 24)}
+    loaded_id.generator.calls.clear()
+    Predictor(loaded_id).predict_normalised(torch.rand(1, 1, DEFAULT_TILE, 24))
+    assert loaded_id.generator.calls == [(1, 1, DEFAULT_TILE, 24)]  # fits: whole
+    loaded_id.generator.calls.clear()
+    Predictor(loaded_id, tile=None).predict_normalised(x)
+    assert loaded_id.generator.calls == [(1, 1, DEFAULT_TILE + 100, 24)]
+
+
 def test_tiled_generator_runs_at_any_size(loaded):
     predictor = Predictor(loaded, tile=16, overlap=0.5, batch_size=3)
     for shape in ((45, 37), (12, 50), (8, 8)):
@@ -220,7 +236,7 @@ def test_tiled_generator_runs_at_any_size(loaded):
 
 
 def test_an_image_smaller_than_the_generator_minimum_is_refused(loaded):
-    predictor = Predictor(loaded)
+    predictor = Predictor(loaded, intensity_check="off")  # constant images: size is the point
     minimum = 2 * loaded.generator.multiple  # 2x2 pixels at G's coarsest level
     assert minimum > 2
     with pytest.raises(ValueError, match=rf"tiny\.png: 1x1 is smaller .* {minimum}x{minimum}"):
@@ -285,7 +301,8 @@ def test_predictor_from_run_keeps_size(tiny_run):
 def mixed_folder(tmp_path) -> Path:
     folder = tmp_path / "in"
     rng = np.random.default_rng(4)
-    make_dicom(folder / "chest.dcm", rng.integers(0, 4096, size=(40, 36)).astype(np.uint16))
+    # a chest-like image in the training inputs' intensity range (predict checks it)
+    make_dicom(folder / "chest.dcm", synthetic_pair(rng, 40)[0][:, :36])
     write_png(folder / "sub" / "xray.png", rng.integers(0, 65536, size=(33, 30)).astype(np.uint16))
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
     (folder / "notes.txt").write_text("not an image")

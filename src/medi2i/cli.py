@@ -356,13 +356,16 @@ def _predictor(args: argparse.Namespace):
     source = args.run or args.checkpoint
     if not source:
         raise UserError("give --run RUN_DIR or --checkpoint FILE")
+    tiling = {}
+    if getattr(args, "tile", None) is not None:  # else the predictor's default tile
+        tiling["tile"] = args.tile or None  # 0: always whole
     try:
         return Predictor.from_run(
             source,
             weights=args.weights,
             device=args.device,
             tta=args.tta,
-            tile=getattr(args, "tile", None),
+            **tiling,
             overlap=getattr(args, "overlap", 0.25),
             batch_size=args.batch,
             input_window=getattr(args, "input_window", None),
@@ -667,7 +670,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_options(pr)
     pr.add_argument("--input", nargs="+", required=True, help="files and/or folders")
     pr.add_argument("--output", required=True, help="output folder (never an input folder)")
-    pr.add_argument("--tile", type=int, help="sliding-window tile size (px); default whole image")
+    pr.add_argument(
+        "--tile",
+        type=int,
+        help="images with a side longer than this (px) are predicted tile by tile with "
+        "blended overlaps, which bounds memory by one tile's (1.5 GB with the small G at "
+        "--batch 1; default 1024); 0 = always whole (memory grows with the image)",
+    )
     pr.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction")
     pr.add_argument(
         "--input-window",

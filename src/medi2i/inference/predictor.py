@@ -9,9 +9,10 @@
 A :class:`Predictor` wraps the generator G of a trained run (R and D are training aids) with
 the normalisation it was trained with: an image in stored/physical units is normalised with
 the window the checkpoint's normaliser gives for it, translated, and mapped back to the same
-units. Images of any size are accepted: whole (G pads internally to its size multiple) or, with
-``tile``, tile by tile with Gaussian-blended overlaps (:mod:`medi2i.inference.tiling`); an
-image is never resized. Optional test-time augmentation (:mod:`medi2i.inference.tta`)
+units. Images of any size are accepted: whole (G pads internally to its size multiple) when
+they fit in a tile (``tile``, default 1024 px: memory stays bounded by one tile's), else tile
+by tile with Gaussian-blended overlaps (:mod:`medi2i.inference.tiling`); an image is never
+resized. Optional test-time augmentation (:mod:`medi2i.inference.tta`)
 averages the predictions of several transformed copies.
 
 Every image is first compared with the intensities of the training inputs stored in the
@@ -35,7 +36,7 @@ from torch import Tensor
 from medi2i.data.intensity import measure_intensity
 from medi2i.data.normalization import Window
 from medi2i.inference.loading import LoadedGenerator, Weights, load_generator
-from medi2i.inference.tiling import check_tiling, tiled_apply
+from medi2i.inference.tiling import DEFAULT_TILE, check_tiling, tiled_apply
 from medi2i.inference.tta import TTATransform, parse_tta
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,9 @@ class Predictor:
         loaded: the generator with its config and normaliser (:func:`load_generator`).
         tta: test-time augmentation names (``identity``, ``hflip``, ``vflip``, ``shift``,
             see :func:`~medi2i.inference.tta.parse_tta`); ``None`` = plain prediction.
-        tile: tile side in pixels for sliding-window inference of images larger than it;
-            ``None`` = always whole-image.
+        tile: tile side in pixels for sliding-window inference of images larger than it
+            (default :data:`~medi2i.inference.tiling.DEFAULT_TILE`); ``None`` = always
+            whole-image (memory grows with the image).
         overlap: overlap of neighbouring tiles, a fraction of the tile in ``[0, 1)``.
         batch_size: images (TTA copies or tiles) per forward pass of G.
         device: where to run G; ``None`` = where its parameters already are.
@@ -77,7 +79,7 @@ class Predictor:
         loaded: LoadedGenerator,
         *,
         tta: Sequence[str] | None = None,
-        tile: int | None = None,
+        tile: int | None = DEFAULT_TILE,
         overlap: float = 0.25,
         batch_size: int = 4,
         device: str | torch.device | None = None,
