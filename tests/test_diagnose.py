@@ -434,6 +434,15 @@ def test_conditional_d_with_misaligned_pairs(tmp_path):
     assert not diagnose_run(aligned).finding("conditional_d_misaligned").triggered
     no_d = write_run(tmp_path / "g", d=False, summary=misaligned)
     assert not diagnose_run(no_d).finding("conditional_d_misaligned").applicable
+    # D judging the warped output shares the targets' misalignment: not flagged
+    in_frame = write_run(
+        tmp_path / "frame",
+        r=True,
+        summary={**misaligned, "D_conditional": True},
+        config={"model": {"D": {"frame": "target"}}},
+    )
+    f = diagnose_run(in_frame).finding("conditional_d_misaligned")
+    assert not f.triggered and "target's frame" in f.verdict
 
 
 # --------------------------------------------------------------------------------------------

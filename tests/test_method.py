@@ -129,6 +129,43 @@ def test_train_step_compares_in_the_target_frame(misaligned_root, tmp_path, monk
     assert seen["fm"] is not None and seen["fm"] is not seen["fake"]
 
 
+def test_d_in_the_target_frame_judges_the_warped_output_with_the_input(misaligned_root, tmp_path):
+    """model.D.frame: target - D's fakes (D step and G step alike) are warp(G(x)), the image the
+    reconstruction compares, and auto conditioning pairs them with the input: real and fake
+    pairs then share the targets' misalignment."""
+    trainer = make_trainer(misaligned_root, tmp_path, "model.D.frame=target")
+    assert trainer.d_conditional and trainer.d_in_target_frame
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+    trainer.D.register_forward_pre_hook(
+        lambda _m, args: calls.append((args[0].detach(), args[1].detach()))
+    )
+    g_outputs: list[torch.Tensor] = []
+    trainer.G.register_forward_hook(lambda _m, _a, out: g_outputs.append(out.detach()))
+    fields: list[torch.Tensor] = []
+    trainer.R.register_forward_hook(lambda _m, _a, out: fields.append(out.detach()))
+    batch = first_batch(trainer)
+    trainer.train_step(batch)
+    n = batch["input"].shape[0]
+    assert trainer.r_centring is None  # the field R returned is the one warped with
+    pred = warp(g_outputs[0], fields[0])
+    (d_images, d_cond), (g_images, g_cond) = calls
+    for images, cond in ((d_images, d_cond), (g_images, g_cond)):
+        assert images.shape[0] == 2 * n  # [target, warp(G(x))]: no unwarped output
+        torch.testing.assert_close(images[:n], batch["target"])
+        torch.testing.assert_close(images[n:], pred, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(cond, torch.cat([batch["input"]] * 2))
+
+
+def test_auto_conditioning_follows_the_frame_d_judges():
+    base = ["model.R.enabled=true", "model.D.enabled=true"]
+    output = load_config(None, base).model
+    target = load_config(None, [*base, "model.D.frame=target"]).model
+    assert not resolve_d_conditional(output, pairs_misaligned=True)
+    assert resolve_d_conditional(target, pairs_misaligned=True)
+    no_r = load_config(None, ["model.D.enabled=true", "model.D.frame=target"]).model
+    assert not resolve_d_conditional(no_r, pairs_misaligned=True)  # no R: no target frame
+
+
 def test_train_step_logs_gradient_shares(misaligned_root, tmp_path):
     trainer = make_trainer(misaligned_root, tmp_path)
     stats = trainer.train_step(first_batch(trainer))

@@ -347,6 +347,13 @@ class DiscriminatorConfig(_Section):
         "unit std on the real targets (a spectrally normalised D cannot separate raw "
         "radiographs whose differences are ~1% of the range), or 'raw' images",
     )
+    frame: Literal["output", "target"] = Field(
+        "output",
+        description="which image D judges as fake: 'output' = G's output as it is "
+        "(position-free); 'target' = with R on, G's output warped into the target's frame, "
+        "the image the reconstruction compares, so that real and fake pairs share the "
+        "targets' misalignment and a conditional D stays fair",
+    )
 
 
 class ModelConfig(_Section):

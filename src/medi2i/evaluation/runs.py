@@ -294,6 +294,8 @@ class RunRecord:
             misaligned = self.pairs["misaligned"]
             if misaligned is None and not self.has_R:
                 return None, "not logged (auto, and the pairs' alignment is unknown)"
+            if self.has_R and self.cfg("model.D.frame") == "target":
+                return True, "config auto: D judges the warped output with the input"
             conditional = not self.has_R and not misaligned
             return conditional, "config auto: conditional only with R off and aligned pairs"
         return not self.has_R, "config auto (older trainer): conditional whenever R is off"

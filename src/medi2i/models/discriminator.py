@@ -278,8 +278,14 @@ def resolve_d_conditional(cfg: ModelConfig, pairs_misaligned: bool = False) -> b
     """
     choice = cfg.D.conditional
     if choice == "auto":
-        conditional = not cfg.R.enabled and not pairs_misaligned
-        if pairs_misaligned:
+        in_target_frame = cfg.R.enabled and cfg.D.frame == "target"
+        conditional = in_target_frame or (not cfg.R.enabled and not pairs_misaligned)
+        if in_target_frame:
+            why = (
+                "auto: D judges G's output warped into the target's frame, so real and fake "
+                "pairs share the targets' misalignment"
+            )
+        elif pairs_misaligned:
             why = "auto: the pairs are misaligned, so D must not see the input beside the target"
         elif cfg.R.enabled:
             why = "auto: R is on, so D must not see the input paired with a misaligned target"

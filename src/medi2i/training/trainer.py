@@ -229,6 +229,7 @@ class Trainer:
         if self.R is not None and cfg.model.R.center:
             self.r_centring = SystematicFieldRemoval(cfg.model.R.center_momentum)
         self.d_conditional = False
+        self.d_in_target_frame = self.R is not None and cfg.model.D.frame == "target"
         self.D = None
         if cfg.model.D.enabled:
             self.d_conditional = resolve_d_conditional(cfg.model, self.pairs_misaligned)
@@ -405,23 +406,7 @@ class Trainer:
             y_hat = self.G(x)
         y_hat = y_hat.float()
 
-        d_total = None
-        cond = torch.cat([x, x]) if self.d_conditional else None
-        if self.D is not None:
-            apply_r1 = self.d_loss.r1_due(self.d_step)
-            real = y.detach().requires_grad_(apply_r1)
-            with self._autocast():
-                outputs = self.D(torch.cat([real, y_hat.detach()]), cond)
-            real_out, fake_out = _split(outputs, n)
-            d_total, d_parts = self.d_loss(real_out, fake_out, real_images=real, apply_r1=apply_r1)
-            self.scaler.scale(d_total).backward()
-            stats.update(
-                {k: v for k, v in d_parts.items() if k.startswith(("D_", "d_", "r1", "w_r1"))}
-            )
-            stats["loss_D"] = d_total.detach()
-            stats.update(self._clip("D"))
-
-        # G (and R) step. Every position-wise loss compares images in the target's frame:
+        # R's field first: every position-wise loss compares images in the target's frame:
         # with R on that is warp(G(x)), and the lung mask (drawn in the input's frame) is
         # warped by the same field, detached so that R cannot shrink the weighted region.
         field = None
@@ -445,15 +430,39 @@ class Trainer:
             pred = warp(y_hat, field)
             pred_mask = warp(mask, field.detach())
             stats["field_max_px"] = field.detach().norm(dim=1).amax()
+        # D judges G's output as it is, or (model.D.frame: target) warped into the target's
+        # frame, where a conditional D sees real and fake pairs equally misaligned
+        judged = pred if self.d_in_target_frame else y_hat
+        d_total = None
+        cond = torch.cat([x, x]) if self.d_conditional else None
+        if self.D is not None:
+            apply_r1 = self.d_loss.r1_due(self.d_step)
+            real = y.detach().requires_grad_(apply_r1)
+            with self._autocast():
+                outputs = self.D(torch.cat([real, judged.detach()]), cond)
+            real_out, fake_out = _split(outputs, n)
+            d_total, d_parts = self.d_loss(real_out, fake_out, real_images=real, apply_r1=apply_r1)
+            self.scaler.scale(d_total).backward()
+            stats.update(
+                {k: v for k, v in d_parts.items() if k.startswith(("D_", "d_", "r1", "w_r1"))}
+            )
+            stats["loss_D"] = d_total.detach()
+            stats.update(self._clip("D"))
+
+        # G (and R) step
         real_out = fake_out = fm_out = None
         if self.D is not None:
-            # GAN term on G's own output: position-free, and what D was trained on. Feature
-            # matching is a position-wise L1 between D's feature maps of the target and of the
-            # image in the target's frame (warp(G(x)) with R on): against the unwarped output
-            # it would pull G towards reproducing the target's misalignment.
-            images = [y, y_hat]
-            if self.R is not None and self.cfg.loss.feat_match_weight > 0:
-                images.append(pred)
+            # The GAN term judges what D was trained on: G's own output (position-free), or
+            # with model.D.frame: target the warped output. Feature matching is a position-wise
+            # L1 between D's feature maps of the target and of the image in the target's frame
+            # (warp(G(x)) with R on): against the unwarped output it would pull G towards
+            # reproducing the target's misalignment.
+            if self.d_in_target_frame:
+                images = [y, pred]
+            else:
+                images = [y, y_hat]
+                if self.R is not None and self.cfg.loss.feat_match_weight > 0:
+                    images.append(pred)
             d_net = unwrap(self.D)
             d_net.requires_grad_(False)
             try:
@@ -463,6 +472,8 @@ class Trainer:
                 chunks = _split(outputs, n)
                 real_out, fake_out = chunks[0], chunks[1]
                 fm_out = chunks[2] if len(chunks) > 2 else None
+                if self.d_in_target_frame:
+                    fm_out = fake_out
             finally:
                 d_net.requires_grad_(True)
         weighted, raw, d_view = self.g_loss.weighted_terms(

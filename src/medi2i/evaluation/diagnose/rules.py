@@ -154,6 +154,14 @@ def _rule_conditional_d(run: RunRecord) -> Finding:
         )
     if not conditional:
         return Finding(RULE_CONDITIONAL_D, False, f"D is unconditional ({source}).", evidence)
+    if run.has_R and run.cfg("model.D.frame") == "target":
+        return Finding(
+            RULE_CONDITIONAL_D,
+            False,
+            f"D is conditional ({source}) and judges G's output warped into the target's frame "
+            "(model.D.frame: target): its real and fake pairs share the targets' misalignment.",
+            evidence,
+        )
     if pairs["loss_misaligned"] is None:
         return Finding(
             RULE_CONDITIONAL_D,
