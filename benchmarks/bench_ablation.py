@@ -204,7 +204,7 @@ def build_plan(
     """Every run of the benchmark, in the order they are trained.
 
     Override order (a later one wins): the common ones, ``data.root``, the quick ones, the
-    user's ``--set``, the arm's, the sweep's, the seed - so an arm stays what its name says
+    caller's ``--set``, the arm's, the sweep's, the seed - so an arm stays what its name says
     and every arm gets the same budget.
 
     Raises:
@@ -725,10 +725,10 @@ def ensure_benchmark(bench_dir: Path, drr_args: tuple[str, ...]) -> dict[str, An
     """Build the benchmark with ``medi2i data drr`` unless a complete one is there.
 
     A folder without ``benchmark.json`` that already has a ``train`` split is taken as a
-    dataset of the user's and used as it is (never built into).
+    dataset the caller supplies and used as it is (never built into).
 
     Returns:
-        The benchmark's ``benchmark.json`` (empty for a user's dataset).
+        The benchmark's ``benchmark.json`` (empty for another dataset).
 
     Raises:
         RuntimeError: the build failed.

@@ -1,4 +1,4 @@
-"""Config loading: the user's keys and defaults, overrides, and clear errors."""
+"""Config loading: the method's keys and defaults, overrides, and clear errors."""
 
 from __future__ import annotations
 

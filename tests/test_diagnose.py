@@ -561,7 +561,7 @@ def test_rules_about_d_are_not_applicable_to_a_g_only_run(tmp_path):
 
 
 def _gshare_epochs(**over) -> list[dict]:
-    # value shares: recon 47%, GAN 18%, FM 35% (the user's numbers); gradient shares 83/4/13
+    # value shares: recon 47%, GAN 18%, FM 35% (a real run's numbers); gradient shares 83/4/13
     base = {
         "val_sharpness_mask": 0.85,
         "train_gshare_recon": 83.0,

@@ -410,7 +410,7 @@ def test_bending_matches_monai_compact_stencils():
 
 
 def test_loss_shares_user_example():
-    # the user's run: recon 0.67, GAN 0.26, FM 0.50 -> 47 %, 18 %, 35 %
+    # a real run: recon 0.67, GAN 0.26, FM 0.50 -> 47 %, 18 %, 35 %
     shares = loss_shares(
         {"recon": torch.tensor(0.67), "gan": torch.tensor(0.26), "fm": torch.tensor(0.5)}
     )

@@ -1,4 +1,4 @@
-"""EMA, learning-rate schedules and checkpoints (training utilities of issue 4)."""
+"""EMA, learning-rate schedules and checkpoints (training utilities)."""
 
 from __future__ import annotations
 

@@ -18,8 +18,7 @@ Commands available now:
   G+R+D); ``medi2i train --resume RUN_DIR`` continues a run exactly. Under
   ``torchrun --nproc_per_node=N -m medi2i train ...`` it trains with DDP.
 
-Training, evaluation, prediction, comparison and diagnosis arrive with later issues. Every
-command accepts ``-v`` (INFO) / ``-vv`` (DEBUG); errors in the user's input (config, data
+Every command accepts ``-v`` (INFO) / ``-vv`` (DEBUG); errors in the input (config, data
 files) are printed as one clear message with exit status 2, never as a traceback (``-vv``
 shows the traceback too).
 """
@@ -44,7 +43,7 @@ EXIT_USAGE = 2
 
 
 class UserError(Exception):
-    """A problem with the user's input, reported without a traceback."""
+    """A problem with the command's input, reported without a traceback."""
 
 
 # ---------------------------------------------------------------------------------------------

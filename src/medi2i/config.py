@@ -10,7 +10,7 @@ Errors are collected and reported together as :class:`ConfigError`, each naming
 * the offending value and what is allowed,
 * for an unknown key, the closest valid key ("did you mean ...?").
 
-Key names follow the user's own notes (``lung_weight``, ``gan_weight``, ``feat_match_weight``,
+Key names follow the method's description (``lung_weight``, ``gan_weight``, ``feat_match_weight``,
 ``grad_clip``, ``skip_warmup``, ``pretrained_G``). Sections:
 
 ``data``

@@ -601,7 +601,7 @@ _FIGURES = (
         "loss_composition",
         "Composition of G's loss",
         loss_composition_figure,
-        "Share of each weighted part of G's loss. The user's target: GAN share above 30% "
+        "Share of each weighted part of G's loss. Target: GAN share above 30% "
         "(dashed). A large share of the loss value is not a large share of the gradient when D "
         "is at chance.",
     ),

@@ -1,5 +1,5 @@
 """Prediction with a trained generator: loading, the Predictor API, TTA, tiling, file
-prediction and export (issue 5).
+prediction and export.
 
 * :func:`load_generator` - G (EMA or online weights) with its config and normaliser;
 * :class:`Predictor` - ``Predictor.from_run(run)(image)``: any size, TTA, tiling;

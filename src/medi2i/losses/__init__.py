@@ -1,4 +1,4 @@
-"""Losses: reconstruction, adversarial (+ feature matching, R1), regularisers (issue 3).
+"""Losses: reconstruction, adversarial (+ feature matching, R1), regularisers.
 
 * :mod:`.reconstruction` - lung-weighted ``L1 + (1 − SSIM)``.
 * :mod:`.adversarial` - LSGAN / hinge / BCE, D diagnostics, feature matching, R1.

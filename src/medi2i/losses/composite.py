@@ -1,6 +1,6 @@
 """G's and D's full losses from a :class:`~medi2i.config.LossConfig`, with their diagnostics.
 
-G's loss (the user's definition)::
+G's loss::
 
     total = w_recon + w_gan + w_fm (+ w_smooth)
     w_recon  = recon_weight · (l1_weight·L1 + ssim_weight·(1 − SSIM))   lung-weighted
@@ -11,7 +11,7 @@ G's loss (the user's definition)::
 ``share_<part> = 100 · |w_<part>| / Σ |w_*|`` (in %, the four shares sum to 100; absolute values
 because the hinge G loss can be negative; all 0 if every part is 0). A part that is off (no D
 outputs given, no field given, or weight 0) reads 0 and is not computed. These are the numbers
-behind the user's diagnosis (recon 47 %, GAN 18 %, FM 35 %: the sharpening GAN term drowned).
+that show, e.g., a GAN term drowned by the others (recon 47 %, GAN 18 %, FM 35 %).
 
 D's loss::
 

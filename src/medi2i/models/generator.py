@@ -17,7 +17,7 @@ Presets (parameter counts for 1 input and 1 output channel):
 * ``small`` - CPU demo: base 24, mults (1, 2, 4, 4, 4) (widths 24-96, 4 downsamplings, so a
   16x16 bottleneck at 256 px for a wide receptive field), 1 res block per level, group norm,
   SiLU, no attention: **2,254,705** parameters (``SMALL_PARAMETERS``).
-* ``large`` - the user's ~61M GPU model: base 64, mults (1, 2, 4, 8, 8) (widths 64-512), 2 res
+* ``large`` - the ~61M GPU model: base 64, mults (1, 2, 4, 8, 8) (widths 64-512), 2 res
   blocks per level, group norm, SiLU, self-attention at the bottleneck: **60,802,177**
   parameters (``LARGE_PARAMETERS``, 0.3% under 61M).
 

@@ -1,1 +1,1 @@
-"""Training loop, EMA, schedules, checkpoints and diagnostics (issue 4)."""
+"""Training loop, EMA, schedules, checkpoints and diagnostics."""

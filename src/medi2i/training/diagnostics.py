@@ -1,6 +1,6 @@
-"""The user's training diagnostics: running means, run logs, the epoch line, sample grids, progress.
+"""Training diagnostics: running means, run logs, the epoch line, sample grids, progress.
 
-What the trainer logs (names from the user's notes, produced by :mod:`medi2i.losses`):
+What the trainer logs (names produced by :mod:`medi2i.losses`):
 ``D_real`` / ``D_fake`` (mean D output on real / fake), ``D_acc``, the weighted parts of G's loss
 ``w_recon``, ``w_gan``, ``w_fm``, ``w_smooth`` and their shares ``share_*`` (percent), gradient
 norms before clipping ``grad_norm_{G,R,D}`` and clip rates ``clip_rate_{G,R,D}`` (fraction of

@@ -8,7 +8,7 @@ The EMA network is a separate copy of the model. After every optimiser step the 
 and copies the buffers (e.g. normalisation statistics, spectral-norm vectors) unchanged from the
 online model. Validation, sample grids, best-checkpoint selection and inference use
 :attr:`EMA.module` directly, so the online weights are never swapped out and cannot be left in a
-wrong state (the user's bug 1 is impossible by construction).
+wrong state.
 
 EMA warm-up (``warmup_steps > 0``): early in training the online weights change fast and the
 initial weights are random, so a long average would drag the EMA towards garbage. During the

@@ -14,8 +14,8 @@ every optimiser step, so step ``k`` runs at ``base_lr * lr_factor(k)``)::
 The decay reaches ``min_ratio`` at ``step == total_steps`` (nanoGPT's convention), so the last
 optimiser step (``total_steps - 1``) still runs at a small positive rate.
 
-``skip_warmup=True`` removes the warm-up entirely (the user's fix for starting from
-``pretrained_G``, where a warm-up from zero wasted ~2 epochs): the factor at step 0 is 1 and a
+``skip_warmup=True`` removes the warm-up entirely (for starting from ``pretrained_G``,
+where a warm-up from zero would waste ~2 epochs): the factor at step 0 is 1 and a
 decay spans the whole run.
 
 With ``schedule_unit: epoch`` the *decay* changes only at epoch boundaries (the whole epoch uses

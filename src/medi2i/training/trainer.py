@@ -37,7 +37,7 @@ are never touched there - which also keeps DDP's gradient reduction for D in the
 
 Validation, sample grids, best-checkpoint selection and the final test evaluation use the EMA
 generator (``EMA.module``), a separate copy: the online weights are never swapped or touched,
-which makes the user's "validation used the online weights" bug impossible by construction.
+so validation can never run on the online weights by mistake.
 
 Each epoch the run checks its own reconstruction loss and validation lung PSNR for a jump or a
 collapse (:mod:`medi2i.training.stability`) and reports it (log, console, ``summary.json``);

@@ -47,14 +47,14 @@ SHARPNESS_BLUR = 0.9
 """Lung sharpness ratio (output/reference gradient magnitude) below which outputs are blurry.
 
 One-sided on purpose: a value clearly below 1 means lost edges, but a value near 1 does not
-prove sharpness (DESIGN.md: it read 0.98 on a visibly blurred, checkered output), which is why
+prove sharpness (it can read 0.98 on a visibly blurred, checkered output), which is why
 HFEN/GMSD against the run without D, with confidence intervals, are the primary test when such
 a baseline is given. 0.9 leaves a 10% margin for the ratio's spread between validation images."""
 
 GAN_SHARE_TARGET = 30.0
-"""The user's target for the GAN term's share, in percent - applied to the *gradient* share.
+"""Target for the GAN term's share, in percent - applied to the *gradient* share.
 
-The user stated it for the share of the loss value, but the value says nothing about how hard a
+A share of the loss value would not do: the value says nothing about how hard a
 term pushes G (an LSGAN term at chance holds ~0.25 while its gradient vanishes); the gradient
 share (each weighted term's gradient norm on G's output over the sum of those norms) measures
 exactly that push, so the target is applied to it."""
@@ -87,5 +87,5 @@ DECISION_METRICS: tuple[tuple[str, bool, str, str], ...] = (
     ("gmsd_mask", False, "lung GMSD", ""),
 )
 """``(metric, higher_is_better, name, unit)`` of the metrics run-vs-baseline verdicts use:
-PSNR for fidelity, HFEN and GMSD for detail (DESIGN.md: a gradient sharpness ratio is fooled by
+PSNR for fidelity, HFEN and GMSD for detail (a gradient sharpness ratio is fooled by
 artefacts; these compare structure)."""

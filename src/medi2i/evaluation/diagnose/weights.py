@@ -105,7 +105,7 @@ def _weight_recommendations(run: RunRecord, n: int) -> tuple[str, dict[str, Any]
     )
     share = shares["gan"]
     head = _share_text(shares, "GAN term's gradient share is") + (
-        f" (user's target > {GAN_SHARE_TARGET:.0f}%)"
+        f" (target > {GAN_SHARE_TARGET:.0f}%)"
     )
     if share >= GAN_SHARE_TARGET:
         return head + ", already above target." + value_text, evidence
@@ -166,7 +166,7 @@ def _weight_recommendations(run: RunRecord, n: int) -> tuple[str, dict[str, Any]
         both = _nice(aim * others_user / ((1.0 - aim) * gan_unit))
         evidence["gan_weight_for_aim_at_lower_fm"] = both
         gan_text += (
-            f", beyond the user's 2-5 range, so rather combine feat_match_weight {fw_user:g} "
+            f", beyond the usual 2-5 range, so rather combine feat_match_weight {fw_user:g} "
             f"with gan_weight {both:g}"
         )
     recs.append(gan_text + ", watching stability")
@@ -288,8 +288,7 @@ def _rule_blurry(
             + (
                 "make D useful first (capacity, learning rate, R1) and confirm with ablations"
                 if d_finding.triggered
-                else "next levers from the user's list are a perceptual loss, R1 and longer "
-                "training"
+                else "the next levers are a perceptual loss, R1 and longer training"
             )
             + "."
         )
