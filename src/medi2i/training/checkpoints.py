@@ -14,7 +14,6 @@ A checkpoint is one ``torch.save`` file holding everything needed to resume a ru
       "sched":  {"G": state_dict, ...},
       "scaler": GradScaler state_dict | None,
       "rng":    capture_rng_state(),
-      "loader": {...},                            # sampler position / generator state
       "config": dict,                             # the resolved config
       "best":   {"metric": str, "value": float, "epoch": int},
       "normalizer": dict,                         # intensity mapping, needed by predict
