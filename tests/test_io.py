@@ -303,6 +303,14 @@ def test_clipping_warns_only_about_material_overshoot(tmp_path: Path, caplog) ->
     with caplog.at_level(logging.WARNING, logger="medi2i.data.io"):
         write_image(tmp_path / "loud.png", arr, meta)
     assert "3 of 320" in caplog.text and "up to 4465" in caplog.text
+    caplog.clear()
+    big, big_meta = read_image(
+        write_png(tmp_path / "big.png", np.full((100, 100), 30000, np.uint16))
+    )
+    big[0, 0] = 70000.0  # one stray pixel in 10,000: not worth a warning
+    with caplog.at_level(logging.WARNING, logger="medi2i.data.io"):
+        write_image(tmp_path / "stray.png", big, big_meta)
+    assert caplog.text == ""
 
 
 # --------------------------------------------------------------------------------------------

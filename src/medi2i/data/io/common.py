@@ -155,15 +155,21 @@ CLIP_WARN_MARGIN = 0.01
 A prediction of an image whose background sits at the range's end (black air at 0) scatters
 around that end, so a few percent of a normal output's pixels lie a few grey levels outside
 the range; clipping those changes nothing and is logged at debug level only. A pixel beyond
-the range by more than this fraction of it is a value the image cannot hold, and is warned
-about with its count and the largest overshoot."""
+the range by more than this fraction of it is a value the image cannot hold; when more than
+:data:`CLIP_WARN_SHARE` of the pixels are such, a warning gives their count and the largest
+overshoot."""
+
+CLIP_WARN_SHARE = 0.001
+"""Share of pixels overshooting materially (:data:`CLIP_WARN_MARGIN`) above which clipping is
+warned about: a handful of stray pixels in an otherwise sound prediction is not a problem."""
 
 
 def _round_clip(dest: Path, values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Round to nearest and clip to [lo, hi]; warn about material overshoot.
 
     Pixels beyond the range by more than :data:`CLIP_WARN_MARGIN` of it are counted in a
-    warning; smaller overshoots are clipped with a debug message.
+    warning when they are more than :data:`CLIP_WARN_SHARE` of the image; other clipping is
+    reported at debug level.
     """
     rounded = np.rint(values)
     below, above = rounded < lo, rounded > hi
@@ -172,7 +178,7 @@ def _round_clip(dest: Path, values: np.ndarray, lo: float, hi: float) -> np.ndar
         overshoot = np.maximum(lo - rounded, rounded - hi)
         margin = CLIP_WARN_MARGIN * max(hi - lo, 1.0)
         n_material = int(np.count_nonzero(overshoot > margin))
-        if n_material:
+        if n_material > CLIP_WARN_SHARE * rounded.size:
             logger.warning(
                 "%s: %d of %d pixels (%.3f%%) lay beyond the stored range [%g, %g] by more "
                 "than %g%% of it (up to %g) and were clipped",
