@@ -8,10 +8,13 @@ so MONAI never pads the image; an image that fits in one tile is predicted whole
 
 Tiled and whole-image predictions of a larger image are not identical, and cannot be with
 G's GroupNorm layers: their statistics are taken over the whole extent G is given, so a pixel's
-output depends on the extent around it (on the bone-suppression benchmark, 256-px images
+output depends on the extent around it. The normalisation is the only cause: the same UNet
+without normalisation layers gives the same output tiled or whole, to 1e-5 of the range
+(``tests/test_inference.py``). On the bone-suppression benchmark, 256-px images
 predicted whole or in 192-px tiles overlapping by half differ by 0.24% of the range on
-average, and the tiled outputs are the closer to the truth: lung PSNR 39.4 vs 38.6 dB, the
-model having been trained on 128-px crops). Blending the overlaps keeps the seams invisible.
+average, and the tiled outputs are the closer to the truth: lung PSNR 39.4 vs 38.6 dB (the
+model was trained on 128-px crops; ``benchmarks/bench_tiling.py``). Blending the overlaps keeps
+the seams invisible.
 
 The importance map is built here and passed as ``roi_weight_map``: MONAI's own Gaussian map is
 clamped from below at 1e-3, which gives a tile's edge pixels (where the network lacks context)
