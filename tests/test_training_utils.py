@@ -23,7 +23,8 @@ from medi2i.training.checkpoints import (
     restore_rng_state,
     save_checkpoint,
 )
-from medi2i.training.ema import EMA, unwrap_model
+from medi2i.training.distributed import unwrap_model
+from medi2i.training.ema import EMA
 from medi2i.training.schedules import build_scheduler, lr_factor
 
 

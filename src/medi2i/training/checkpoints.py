@@ -53,7 +53,8 @@ import torch
 from torch import nn
 
 from medi2i import __version__
-from medi2i.training.ema import EMA, unwrap_model
+from medi2i.training.distributed import unwrap_model
+from medi2i.training.ema import EMA
 from medi2i.utils.atomic import atomic_path
 
 logger = logging.getLogger(__name__)

@@ -92,6 +92,33 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The underlying module of a DDP-wrapped model (the model itself otherwise)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The network inside a training wrapper (DDP, DataParallel, ``torch.compile``).
+
+    A wrapper is recognised by type (DDP, DataParallel), by ``torch.compile``'s ``_orig_mod``,
+    or - for other wrappers - by a ``.module`` attribute that holds *all* of the wrapper's
+    state (every state-dict key starts with ``module.``), so a network that merely has a
+    sub-module called ``module`` is not mistaken for a wrapper.
+
+    Args:
+        model: the model, possibly wrapped (several levels are unwrapped).
+
+    Returns:
+        The innermost network.
+    """
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+            continue
+        inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
+        if isinstance(inner, nn.Module):
+            model = inner
+            continue
+        inner = getattr(model, "module", None)
+        if isinstance(inner, nn.Module) and (
+            not isinstance(model, nn.Module)
+            or all(key.startswith("module.") for key in model.state_dict())
+        ):
+            model = inner
+            continue
+        return model

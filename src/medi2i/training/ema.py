@@ -32,9 +32,11 @@ import logging
 import torch
 from torch import nn
 
+from medi2i.training.distributed import unwrap_model
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["EMA", "resolve_warmup_steps", "unwrap_model"]
+__all__ = ["EMA", "resolve_warmup_steps"]
 
 
 def resolve_warmup_steps(decay: float, warmup_steps: int | None, *, pretrained: bool) -> int:
@@ -65,38 +67,6 @@ def resolve_warmup_steps(decay: float, warmup_steps: int | None, *, pretrained: 
     if warmup_steps is None:
         return round(1.0 / (1.0 - decay)) if decay > 0 else 0
     return int(warmup_steps)
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The network inside a training wrapper (DDP, DataParallel, ``torch.compile``).
-
-    A wrapper is recognised by type (DDP, DataParallel), by ``torch.compile``'s ``_orig_mod``,
-    or - for other wrappers - by a ``.module`` attribute that holds *all* of the wrapper's
-    state (every state-dict key starts with ``module.``), so a network that merely has a
-    sub-module called ``module`` is not mistaken for a wrapper.
-
-    Args:
-        model: the model, possibly wrapped (several levels are unwrapped).
-
-    Returns:
-        The innermost network.
-    """
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-            continue
-        inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
-        if isinstance(inner, nn.Module):
-            model = inner
-            continue
-        inner = getattr(model, "module", None)
-        if isinstance(inner, nn.Module) and (
-            not isinstance(model, nn.Module)
-            or all(key.startswith("module.") for key in model.state_dict())
-        ):
-            model = inner
-            continue
-        return model
 
 
 class EMA:

@@ -110,7 +110,7 @@ from medi2i.training.distributed import (
     barrier,
     cleanup_distributed,
     init_distributed,
-    unwrap,
+    unwrap_model,
 )
 from medi2i.training.ema import EMA, resolve_warmup_steps
 from medi2i.training.sampler import EpochSampler
@@ -463,7 +463,7 @@ class Trainer:
                 images = [y, y_hat]
                 if self.R is not None and self.cfg.loss.feat_match_weight > 0:
                     images.append(pred)
-            d_net = unwrap(self.D)
+            d_net = unwrap_model(self.D)
             d_net.requires_grad_(False)
             try:
                 cond_g = torch.cat([x] * len(images)) if self.d_conditional else None
@@ -506,7 +506,7 @@ class Trainer:
         if finite:
             for opt in self.optimizers.values():
                 self.scaler.step(opt)
-            decay = self.ema.update(unwrap(self.G), self.global_step)
+            decay = self.ema.update(unwrap_model(self.G), self.global_step)
             stats["ema_decay"] = torch.tensor(decay)
             self.nonfinite_in_row = 0
         else:
@@ -603,7 +603,7 @@ class Trainer:
             autocast_dtype=self.amp_dtype,
             sample_count=self.cfg.eval.sample_count if self.ctx.is_main else 0,
             max_images=self.cfg.eval.max_val_images,
-            discriminator=unwrap(self.D) if self.D is not None else None,
+            discriminator=unwrap_model(self.D) if self.D is not None else None,
             d_conditional=self.d_conditional,
             gan_mode=self.cfg.loss.gan_mode,
         )
@@ -726,7 +726,7 @@ class Trainer:
 
     def state(self) -> dict[str, Any]:
         """Everything needed to continue this run exactly."""
-        nets = {name: unwrap(net).state_dict() for name, net in self._nets().items()}
+        nets = {name: unwrap_model(net).state_dict() for name, net in self._nets().items()}
         return checkpoint_payload(
             epoch=self.epoch,
             step_in_epoch=self.step_in_epoch,
@@ -761,7 +761,7 @@ class Trainer:
 
     def _restore(self, state: dict) -> None:
         for name, net in self._nets().items():
-            unwrap(net).load_state_dict(state["model"][name])
+            unwrap_model(net).load_state_dict(state["model"][name])
         self.ema.load_state_dict(state["ema"]["G"])
         if self.r_centring is not None and state.get("r_centring"):
             self.r_centring.load_state_dict(state["r_centring"])
