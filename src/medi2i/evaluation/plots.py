@@ -26,7 +26,9 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
+from medi2i.evaluation.diagnose.thresholds import GAN_SHARE_TARGET
 from medi2i.evaluation.runs import RunRecord
+from medi2i.losses import DECISION_THRESHOLDS, PART_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +56,21 @@ VAL_PANELS: tuple[tuple[str, str], ...] = (
     ("sharpness_mask", "sharpness ratio lung, 1 is best"),
 )
 
-#: Loss parts of G, bottom to top of the stack (GAN first, so its top edge reads as its share).
-SHARE_PARTS: tuple[tuple[str, str, str], ...] = (
-    ("share_gan", "GAN", "#d62728"),
-    ("share_fm", "FM", "#ff7f0e"),
-    ("share_recon", "recon", "#1f77b4"),
-    ("share_smooth", "smooth (R)", "#2ca02c"),
-)
+_PART_STYLES = {
+    "gan": ("GAN", "#d62728"),
+    "fm": ("FM", "#ff7f0e"),
+    "recon": ("recon", "#1f77b4"),
+    "smooth": ("smooth (R)", "#2ca02c"),
+}
+if set(_PART_STYLES) != set(PART_NAMES):  # a new loss part needs a label and a colour here
+    raise ImportError(
+        f"plots: loss parts {sorted(PART_NAMES)} need styles, got {sorted(_PART_STYLES)}"
+    )
 
-_DECISION_THRESHOLDS = {"lsgan": 0.5, "hinge": 0.0, "bce": 0.0}
-_GAN_SHARE_TARGET = 30.0
+#: Loss parts of G, bottom to top of the stack (GAN first, so its top edge reads as its share).
+SHARE_PARTS: tuple[tuple[str, str, str], ...] = tuple(
+    (f"share_{part}", *_PART_STYLES[part]) for part in _PART_STYLES
+)
 
 
 def run_colors(runs: Sequence[RunRecord]) -> list[str]:
@@ -170,7 +177,7 @@ def discriminator_figure(runs: Sequence[RunRecord]) -> Figure | None:
         x, y = _series(run, "D_acc")
         if y.size:
             ax_acc.plot(x, y, "-", color=color, lw=1.4)
-        thresholds.add(_DECISION_THRESHOLDS.get(run.gan_mode, 0.5))
+        thresholds.add(DECISION_THRESHOLDS.get(run.gan_mode, 0.5))
         gap_thresholds.add(D_GAP_THRESHOLDS.get(run.gan_mode, D_GAP_THRESHOLDS["lsgan"]))
     for t in thresholds:
         ax_out.axhline(t, color="0.5", lw=0.8, ls=":")
@@ -232,8 +239,14 @@ def loss_composition_figure(runs: Sequence[RunRecord]) -> Figure | None:
             colors.append(color)
         ax.stackplot(x_ref, *stacks, labels=labels, colors=colors, alpha=0.85)
         if run.has_D:
-            ax.axhline(_GAN_SHARE_TARGET, color="k", lw=0.9, ls="--")
-            ax.text(x_ref[0], _GAN_SHARE_TARGET + 1.5, "GAN target 30%", fontsize=7, va="bottom")
+            ax.axhline(GAN_SHARE_TARGET, color="k", lw=0.9, ls="--")
+            ax.text(
+                x_ref[0],
+                GAN_SHARE_TARGET + 1.5,
+                f"GAN target {GAN_SHARE_TARGET:.0f}%",
+                fontsize=7,
+                va="bottom",
+            )
         ax.set_ylim(0, 100)
         ax.set_xlim(x_ref[0], x_ref[-1] if x_ref[-1] > x_ref[0] else x_ref[0] + 1)
         ax.set_title(legend_label(run), fontsize=9)

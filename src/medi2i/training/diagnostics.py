@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from medi2i.losses import PART_NAMES
 from medi2i.utils.atomic import atomic_write_text
 from medi2i.viz import make_grid, overlay_mask, save_rgb_png, to_uint8
 
@@ -498,9 +499,6 @@ def _duration(seconds: float) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
-_PARTS = ("recon", "gan", "fm", "smooth")
-
-
 def epoch_summary_line(
     epoch: int, epochs: int, scalars: Mapping[str, float], *, seconds: float
 ) -> str:
@@ -541,10 +539,10 @@ def epoch_summary_line(
     # What drives G is each term's gradient on G's output (gshare_*), not its share of the
     # loss value (share_*): a GAN term at chance holds a large, nearly constant value while
     # pulling little. The value shares are shown only when no gradient share was measured.
-    kind = "gshare" if any(f"gshare_{n}" in s for n in _PARTS) else "share"
+    kind = "gshare" if any(f"gshare_{n}" in s for n in PART_NAMES) else "share"
     shares = [
         f"{name} {_pct(s[f'{kind}_{name}'])}"
-        for name in _PARTS
+        for name in PART_NAMES
         if f"{kind}_{name}" in s and _is_nonzero(s[f"{kind}_{name}"])
     ]
     if "loss_G" in s or shares:

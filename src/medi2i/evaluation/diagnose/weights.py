@@ -17,8 +17,7 @@ from medi2i.evaluation.diagnose.thresholds import (
     SHARPNESS_BLUR,
 )
 from medi2i.evaluation.runs import RunRecord, finite_or_none
-
-_PARTS = ("recon", "gan", "fm", "smooth")
+from medi2i.losses import PART_NAMES
 
 
 def _nice(value: float) -> float:
@@ -36,10 +35,10 @@ def _gradient_shares(run: RunRecord, n: int) -> dict[str, Any] | None:
         ("epoch log", "train_", _mean_last),
         ("step log", "", _mean_last_steps),
     ):
-        shares = {p: mean(run, f"{prefix}gshare_{p}", n) for p in _PARTS}
+        shares = {p: mean(run, f"{prefix}gshare_{p}", n) for p in PART_NAMES}
         if all(v is None for v in shares.values()):
             continue
-        norms = {p: mean(run, f"{prefix}gnorm_{p}", n) for p in _PARTS}
+        norms = {p: mean(run, f"{prefix}gnorm_{p}", n) for p in PART_NAMES}
         return {"source": source, "share": shares, "norm": norms}
     return None
 
@@ -74,7 +73,7 @@ def _weight_recommendations(run: RunRecord, n: int) -> tuple[str, dict[str, Any]
     """
     gw = finite_or_none(run.cfg("loss.gan_weight"))
     fw = finite_or_none(run.cfg("loss.feat_match_weight"))
-    value_shares = {p: _round(_mean_last(run, f"train_share_{p}", n), 3) for p in _PARTS}
+    value_shares = {p: _round(_mean_last(run, f"train_share_{p}", n), 3) for p in PART_NAMES}
     evidence: dict[str, Any] = {
         "target_pct": GAN_SHARE_TARGET,
         "gan_weight": gw,
@@ -116,7 +115,7 @@ def _weight_recommendations(run: RunRecord, n: int) -> tuple[str, dict[str, Any]
         )
     # the norms when all three main ones are logged, else the shares (proportional to them)
     use_norms = all(norms.get(p) is not None for p in ("recon", "gan", "fm"))
-    pull = {p: ((norms[p] if use_norms else shares[p]) or 0.0) for p in _PARTS}
+    pull = {p: ((norms[p] if use_norms else shares[p]) or 0.0) for p in PART_NAMES}
     evidence["solved_from"] = "gradient norms" if use_norms else "gradient shares"
     if gw <= 0 or pull["gan"] <= 0:
         return (
