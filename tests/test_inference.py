@@ -475,6 +475,8 @@ def test_export_torchscript_matches_eager(tiny_run, loaded, tmp_path):
     meta = json.loads(metadata_path(path).read_text())
     assert meta["check"]["max_abs_diff"] <= EXPORT_TOLERANCE
     assert meta["normalization"]["config"]["mode"] == "dtype"
+    assert meta["intensity_profile"]["stored_dtypes"] == ["uint16"]  # the training inputs'
+
     assert meta["weights"] == "ema" and meta["config"]["model"]["G"]["base_channels"] == 8
 
 

@@ -283,6 +283,9 @@ def export_generator(
             "to output_range; y = model(x); image_out = unit(y) * (hi - lo) + lo"
         ),
         "normalization": loaded.normalizer.state_dict(),
+        # where the training inputs sat in the window (medi2i.data.intensity): compare new
+        # inputs with it before trusting an output
+        "intensity_profile": None if loaded.intensity is None else loaded.intensity.to_dict(),
         "checkpoint": str(loaded.checkpoint),
         "weights": loaded.weights,
         "epoch": loaded.epoch,
