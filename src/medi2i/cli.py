@@ -146,8 +146,8 @@ def _cmd_data_drr(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_check(args: argparse.Namespace) -> int:
-    from medi2i.data.dataset import SPLITS, DatasetError, build_dataset, build_normalizer
-    from medi2i.evaluation.baseline import identity_baseline
+    from medi2i.data.dataset import SPLITS, DatasetError
+    from medi2i.evaluation.dataset_report import dataset_report, format_dataset_report
 
     overrides = list(args.overrides)
     if args.root is not None:
@@ -155,42 +155,14 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     cfg = _load_config(args.config, overrides)
     if cfg.data.root is None and cfg.data.manifest is None:
         raise UserError("give a dataset ROOT, or a --config with data.root or data.manifest")
-    splits = args.split or list(SPLITS)
     try:
-        normalizer = build_normalizer(cfg)
+        report, problems = dataset_report(
+            cfg, args.split or list(SPLITS), baseline=not args.no_baseline
+        )
     except (DatasetError, ValueError) as exc:
         raise UserError(str(exc)) from exc
-    lo, hi = cfg.data.normalization.output_range
-    problems: list[str] = []
-    report: dict[str, dict] = {}
-    for split in splits:
-        try:
-            dataset = build_dataset(cfg, split, normalizer=normalizer, train=False)
-        except (DatasetError, ValueError) as exc:
-            problems.append(str(exc))
-            continue
-        entry: dict = {
-            "pairs": len(dataset),
-            "image_shape": list(dataset.image_shape),
-            "aligned_target": dataset.has_aligned_target,
-        }
-        if not args.no_baseline:
-            means, ref = identity_baseline(dataset, data_range=hi - lo)
-            entry["identity_baseline"] = {"reference": ref, **means}
-        report[split] = entry
-    for split, entry in report.items():
-        h, w = entry["image_shape"]
-        print(
-            f"{split:5s}: {entry['pairs']} pairs, {h}x{w}, aligned target: "
-            f"{'yes' if entry['aligned_target'] else 'no'}"
-        )
-        base = entry.get("identity_baseline")
-        if base:
-            print(
-                f"       identity baseline vs {base['reference']}: "
-                f"PSNR {base['psnr']:.2f} dB (lung {base['psnr_mask']:.2f}), "
-                f"SSIM {base['ssim']:.4f} (lung {base['ssim_mask']:.4f})"
-            )
+    if report:
+        print(format_dataset_report(report))
     if args.json:
         from medi2i.utils.atomic import atomic_write_text
 
