@@ -41,3 +41,34 @@ def test_result_has_normal_permissions(tmp_path):
     finally:
         os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_json_safe_makes_strict_json_of_nested_values():
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from medi2i.utils.jsonsafe import json_safe
+
+    value = {
+        "nan": float("nan"),
+        "inf": [1.0, float("inf"), -float("inf")],
+        "tensor": torch.tensor(2.5),
+        "int_tensor": torch.tensor(3),
+        "numpy": (np.float32(0.5), np.int64(7), np.bool_(True)),
+        "path": Path("a/b.png"),
+        "plain": {"s": "x", "b": False, "n": None, "i": 4},
+    }
+    safe = json_safe(value)
+    assert safe == {
+        "nan": None,
+        "inf": [1.0, None, None],
+        "tensor": 2.5,
+        "int_tensor": 3,
+        "numpy": [0.5, 7, True],
+        "path": "a/b.png",
+        "plain": {"s": "x", "b": False, "n": None, "i": 4},
+    }
+    json.dumps(safe, allow_nan=False)  # strict JSON

@@ -45,6 +45,7 @@ from medi2i.evaluation.metrics import blur_effect, compute_metrics
 from medi2i.inference.loading import LoadedGenerator
 from medi2i.inference.predictor import Predictor
 from medi2i.utils.atomic import atomic_path, atomic_write_text
+from medi2i.utils.jsonsafe import json_safe
 from medi2i.viz import make_grid, save_rgb_png
 
 log = logging.getLogger(__name__)
@@ -322,7 +323,7 @@ def evaluate_split(
     }
     if worst:
         _worst_cases_png(out / "worst_cases.png", worst, normalizer, reference)
-    atomic_write_text(out / "summary.json", json.dumps(_json_safe(summary), indent=2) + "\n")
+    atomic_write_text(out / "summary.json", json.dumps(json_safe(summary), indent=2) + "\n")
     log.info(
         "evaluated %d %s images against %s in %.1f s -> %s",
         len(dataset),
@@ -332,17 +333,6 @@ def evaluate_split(
         out,
     )
     return summary
-
-
-def _json_safe(value: Any) -> Any:
-    """Non-finite floats become ``null`` (JSON has no NaN/inf)."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

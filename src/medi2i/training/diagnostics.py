@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from medi2i.losses import PART_NAMES
 from medi2i.utils.atomic import atomic_write_text
+from medi2i.utils.jsonsafe import json_safe
 from medi2i.viz import make_grid, overlay_mask, save_rgb_png, to_uint8
 
 logger = logging.getLogger(__name__)
@@ -161,22 +162,6 @@ class RunningMeans:
 # --------------------------------------------------------------------------------------------
 # Run logger: JSONL, CSV, TensorBoard
 # --------------------------------------------------------------------------------------------
-
-
-def _json_value(value: Any) -> Any:
-    """Scalar -> JSON-safe value (non-finite floats -> None; tensors/numpy -> Python)."""
-    if isinstance(value, Tensor):
-        value = value.item()
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    return str(value)
 
 
 def _tb_value(value: Any) -> float | None:
@@ -342,7 +327,7 @@ class RunLogger:
         if clash:
             raise ValueError(f"log_step: reserved key(s) {sorted(clash)} in scalars")
         record: dict[str, Any] = {"step": int(step), "epoch": int(epoch), "time": time.time()}
-        record.update({k: _json_value(v) for k, v in scalars.items()})
+        record.update({k: json_safe(v) for k, v in scalars.items()})
         assert self._steps_file is not None
         self._steps_file.write(json.dumps(record, allow_nan=False) + "\n")
         self._steps_file.flush()
@@ -371,7 +356,7 @@ class RunLogger:
         if clash:
             raise ValueError(f"log_epoch: reserved key(s) {sorted(clash)} in scalars")
         row: dict[str, Any] = {"epoch": int(epoch), "time": time.time()}
-        row.update({k: _json_value(v) for k, v in scalars.items()})
+        row.update({k: json_safe(v) for k, v in scalars.items()})
         self._epoch_rows = [
             r
             for r in self._epoch_rows
