@@ -16,9 +16,12 @@ import pytest
 import torch
 
 from medi2i.config import load_config
+from medi2i.data.dataset import build_dataloader, build_dataset
+from medi2i.inference import load_generator
 from medi2i.training.checkpoints import load_checkpoint
 from medi2i.training.distributed import DistContext
 from medi2i.training.trainer import Trainer, TrainingError, train
+from medi2i.training.validation import evaluate_generator
 from tinydata import TINY_NETS, tiny_config, write_pairs
 
 
@@ -82,6 +85,20 @@ def test_each_mode_trains_and_writes_everything(dataset_root, tmp_path, mode):
     joined = " ".join(mode)
     expected = {"G"} | ({"R"} if "R.enabled=true" in joined else set())
     assert set(state["model"]) == expected | ({"D"} if "D.enabled=true" in joined else set())
+    # the end-of-run test uses the best checkpoint's EMA weights, as `medi2i evaluate` would
+    report = json.loads((run / "test_metrics.json").read_text())
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert report["weights"] == f"EMA, best (epoch {best['epoch']})"
+    loaded = load_generator(run)  # the inference path: best.pt, EMA weights
+    test_set = build_dataset(cfg, "test", normalizer=loaded.normalizer, train=False)
+    result = evaluate_generator(
+        loaded.generator,
+        build_dataloader(test_set, cfg, shuffle=False),
+        ctx=DistContext(),
+        data_range=1.0,
+    )
+    for key in ("psnr", "psnr_mask", "ssim"):
+        assert report["model"][key] == pytest.approx(result.metrics[key], rel=1e-5), key
 
 
 def test_validation_uses_ema_and_leaves_online_weights_untouched(dataset_root, tmp_path):

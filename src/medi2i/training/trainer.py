@@ -53,6 +53,7 @@ uninterrupted run step for step: the sample order and augmentation are pure func
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -84,7 +85,6 @@ from medi2i.data.dataset import (
 from medi2i.data.intensity import IntensityProfile
 from medi2i.data.normalization import Normalizer
 from medi2i.evaluation.baseline import identity_baseline
-from medi2i.inference.loading import load_generator
 from medi2i.losses import DiscriminatorLoss, GeneratorLoss, gradient_shares
 from medi2i.models import build_discriminator, build_generator, build_registration
 from medi2i.models.discriminator import resolve_d_conditional
@@ -94,6 +94,7 @@ from medi2i.training.checkpoints import (
     CheckpointManager,
     capture_rng_state,
     checkpoint_payload,
+    load_checkpoint,
     load_pretrained_generator,
     restore_rng_state,
     save_checkpoint,
@@ -823,9 +824,11 @@ class Trainer:
         best_path = self.checkpoints.best_path()
         ema_net = self.ema.module
         if best_path.is_file():
-            best = load_generator(best_path, weights="ema", device=self.device)
-            ema_net = best.generator
-            source = f"best (epoch {best.epoch})"
+            state = load_checkpoint(best_path, map_location=self.device)
+            ema_net = copy.deepcopy(self.ema.module)  # same architecture, the best's weights
+            ema_net.load_state_dict(state["ema"]["G"])
+            ema_net.eval()
+            source = f"best (epoch {state.get('epoch')})"
         result = evaluate_generator(
             ema_net,
             self._eval_loader(test_set),
