@@ -52,7 +52,6 @@ uninterrupted run step for step: the sample order and augmentation are pure func
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
@@ -99,6 +98,7 @@ from medi2i.training.checkpoints import (
     restore_rng_state,
     save_checkpoint,
 )
+from medi2i.training.device import autocast, batch_tensor
 from medi2i.training.diagnostics import (
     ProgressBar,
     RunLogger,
@@ -365,9 +365,7 @@ class Trainer:
         return own if own is not None else self.cfg.optim.grad_clip
 
     def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device.type, self.amp_dtype)
 
     # ------------------------------------------------------------------------------------------
     # one step
@@ -390,8 +388,7 @@ class Trainer:
         return out
 
     def _to_device(self, batch: dict, key: str) -> torch.Tensor:
-        t = batch[key].to(self.device, non_blocking=True)
-        return t.contiguous(memory_format=self.memory_format)
+        return batch_tensor(batch, key, self.device, self.memory_format)
 
     def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
         """One optimisation step of every network; returns detached diagnostics."""

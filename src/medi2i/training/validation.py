@@ -6,7 +6,6 @@ online weights are not even passed in, so validation cannot use or disturb them.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -17,6 +16,7 @@ from torch.utils.data import DataLoader
 from medi2i.evaluation.baseline import reference_key
 from medi2i.evaluation.metrics import compute_metrics
 from medi2i.losses.adversarial import DECISION_THRESHOLDS
+from medi2i.training.device import autocast, batch_tensor
 from medi2i.training.distributed import DistContext, all_reduce_sum
 
 log = logging.getLogger(__name__)
@@ -35,10 +35,6 @@ class EvalResult:
     samples: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def _to(batch: dict, key: str, device: torch.device) -> torch.Tensor:
-    return batch[key].to(device, non_blocking=True)
-
-
 def _d_separation(
     d: nn.Module,
     batch: dict,
@@ -48,7 +44,7 @@ def _d_separation(
     gan_mode: str,
 ) -> dict[str, torch.Tensor]:
     """Per-image D statistics on the target D was trained to call real vs G's output."""
-    real = _to(batch, "target", x.device)  # what D saw as real in training
+    real = batch_tensor(batch, "target", x.device)  # what D saw as real in training
     n = x.shape[0]
     was_training = d.training
     d.eval()  # spectral norm's power iteration must not advance during validation
@@ -118,15 +114,10 @@ def evaluate_generator(
     reference = "target"
     for batch in loader:
         reference = reference_key(batch)
-        x = _to(batch, "input", device)
-        ref = _to(batch, reference, device)
-        mask = _to(batch, "mask", device)
-        amp = (
-            torch.autocast(device.type, dtype=autocast_dtype)
-            if autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with amp:
+        x = batch_tensor(batch, "input", device)
+        ref = batch_tensor(batch, reference, device)
+        mask = batch_tensor(batch, "mask", device)
+        with autocast(device.type, autocast_dtype):
             pred = generator(x)
         pred = pred.float()
         values = compute_metrics(pred, ref, data_range=data_range, mask=mask, include=metrics)
