@@ -156,6 +156,39 @@ def test_d_in_the_target_frame_judges_the_warped_output_with_the_input(misaligne
         torch.testing.assert_close(cond, torch.cat([batch["input"]] * 2))
 
 
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
+def test_d_in_the_target_frame_does_not_train_a_learnt_r(misaligned_root, tmp_path):
+    """The GAN and FM terms reach G through the warped image, never R: R's job is to
+    register, and a field that distorted G's output to fool D would be a failure."""
+    trainer = make_trainer(
+        misaligned_root,
+        tmp_path,
+        "model.D.frame=target",
+        "model.R.kind=net",
+        "loss.recon_weight=0",
+        "loss.smooth_weight=0",
+        "logging.gshare_every=0",
+    )
+    for opt in trainer.optimizers.values():
+        opt.zero_grad(set_to_none=True)
+    captured: dict = {}
+    original = trainer.optimizers["R"].step
+
+    def spy_step(*args, **kwargs):
+        captured["grads"] = [
+            p.grad for g in trainer.optimizers["R"].param_groups for p in g["params"]
+        ]
+        return original(*args, **kwargs)
+
+    trainer.optimizers["R"].step = spy_step
+    stats = trainer.train_step(first_batch(trainer))
+    assert float(stats["w_gan"]) != 0.0 and float(stats["w_fm"]) != 0.0
+    assert captured["grads"], "R's optimiser did not step"
+    assert all(g is None or float(g.abs().max()) == 0.0 for g in captured["grads"])
+    g_grads = [p.grad for p in trainer.G.parameters() if p.grad is not None]
+    assert g_grads and any(float(g.abs().max()) > 0 for g in g_grads)
+
+
 def test_auto_conditioning_follows_the_frame_d_judges():
     base = ["model.R.enabled=true", "model.D.enabled=true"]
     output = load_config(None, base).model

@@ -456,7 +456,9 @@ class Trainer:
             # (warp(G(x)) with R on): against the unwarped output it would pull G towards
             # reproducing the target's misalignment.
             if self.d_in_target_frame:
-                images = [y, pred]
+                # a learnt R's field is detached here: R registers, it does not learn to fool D
+                judged_g = warp(y_hat, field.detach()) if self.r_learnt else pred
+                images = [y, judged_g]
             else:
                 images = [y, y_hat]
                 if self.R is not None and self.cfg.loss.feat_match_weight > 0:
