@@ -11,6 +11,7 @@ import os
 import platform
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,3 +55,22 @@ def sync(device: torch.device) -> None:
 def write_report(path: str | os.PathLike, report: dict) -> Path:
     """Write ``report`` as indented JSON to ``path`` atomically (parent folders created)."""
     return atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+
+
+def load_run_split(
+    run: str | os.PathLike, data: str | os.PathLike, split: str, *, weights: str, device
+) -> tuple[Any, Any, float]:
+    """A run's generator and one split of a dataset, normalised as the run was trained.
+
+    Returns:
+        ``(loaded, dataset, data_range)``: the :class:`~medi2i.inference.LoadedGenerator`,
+        the split's dataset (no augmentation) and the width of the network's value range.
+    """
+    from medi2i.data.dataset import build_dataset
+    from medi2i.inference import load_generator
+
+    loaded = load_generator(run, weights=weights, device=device)
+    cfg = loaded.config.model_copy(deep=True)
+    cfg.data.root, cfg.data.manifest = str(data), None
+    dataset = build_dataset(cfg, split, normalizer=loaded.normalizer, train=False)
+    return loaded, dataset, float(loaded.normalizer.out_hi - loaded.normalizer.out_lo)

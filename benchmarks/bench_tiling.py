@@ -33,11 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import machine_info, write_report
-from medi2i.data.dataset import build_dataset
+from _common import load_run_split, machine_info, write_report
 from medi2i.evaluation.baseline import reference_key
 from medi2i.evaluation.metrics import compute_metrics
-from medi2i.inference import Predictor, load_generator
+from medi2i.inference import Predictor
 from medi2i.inference.tiling import DEFAULT_TILE
 
 logger = logging.getLogger("bench_tiling")
@@ -68,12 +67,10 @@ _MEMORY_PROBE = textwrap.dedent(
 
 def agreement(args: argparse.Namespace, device: torch.device) -> dict:
     """Whole-image against tiled predictions of the split's first images."""
-    loaded = load_generator(args.run, weights=args.weights, device=device)
-    cfg = loaded.config.model_copy(deep=True)
-    cfg.data.root, cfg.data.manifest = args.data, None
-    dataset = build_dataset(cfg, args.split, normalizer=loaded.normalizer, train=False)
+    loaded, dataset, data_range = load_run_split(
+        args.run, args.data, args.split, weights=args.weights, device=device
+    )
     n = min(args.images, len(dataset))
-    data_range = float(loaded.normalizer.out_hi - loaded.normalizer.out_lo)
     settings = {"whole": None, **{f"tile {t}": t for t in args.tiles}}
     predictors = {
         name: Predictor(loaded, tile=tile, overlap=args.overlap, batch_size=4, device=device)

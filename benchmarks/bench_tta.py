@@ -24,11 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import machine_info, sync, write_report
-from medi2i.data.dataset import build_dataset
+from _common import load_run_split, machine_info, sync, write_report
 from medi2i.evaluation.baseline import reference_key
 from medi2i.evaluation.metrics import compute_metrics
-from medi2i.inference import Predictor, load_generator
+from medi2i.inference import Predictor
 
 logger = logging.getLogger("bench_tta")
 
@@ -67,12 +66,10 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     device = torch.device(args.device)
-    loaded = load_generator(args.run, weights=args.weights, device=device)
-    cfg = loaded.config.model_copy(deep=True)
-    cfg.data.root, cfg.data.manifest = args.data, None
-    dataset = build_dataset(cfg, args.split, normalizer=loaded.normalizer, train=False)
+    loaded, dataset, data_range = load_run_split(
+        args.run, args.data, args.split, weights=args.weights, device=device
+    )
     n = min(args.images, len(dataset))
-    data_range = float(loaded.normalizer.out_hi - loaded.normalizer.out_lo)
     predictors = {
         name: Predictor(loaded, tta=names, batch_size=args.batch, device=device)
         for name, names in TTA_SETS.items()

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from medi2i.data.normalization import Window
+from medi2i.data.normalization import INTEGER_RANGES, Window, strided_sample
 
 __all__ = [
     "MEDIAN_MARGIN",
@@ -50,16 +50,6 @@ SPREAD_FACTOR = 3.0
 
 OUTSIDE_MARGIN = 0.05
 """Extra fraction of pixels outside the window allowed beyond the training inputs' worst."""
-
-_SAMPLES = 65536
-"""Pixels (evenly strided) an image's statistics are computed from: bounded cost."""
-
-_INTEGER_RANGES = {
-    "uint8": (0.0, 255.0),
-    "uint16": (0.0, 65535.0),
-    "int8": (-128.0, 127.0),
-    "int16": (-32768.0, 32767.0),
-}
 
 
 @dataclass(frozen=True)
@@ -97,11 +87,9 @@ def measure_intensity(image: np.ndarray, window: Window) -> ImageIntensity:
     Raises:
         ValueError: an empty image.
     """
-    flat = np.asarray(image).ravel()
-    if flat.size == 0:
+    if np.asarray(image).size == 0:
         raise ValueError("cannot measure the intensities of an empty image")
-    flat = flat[:: max(1, flat.size // _SAMPLES)].astype(np.float64)
-    unit = (flat - window.lo) / (window.hi - window.lo)
+    unit = (strided_sample(image) - window.lo) / (window.hi - window.lo)
     low, median, high = np.percentile(unit, [1.0, 50.0, 99.0])
     outside = float(np.count_nonzero((unit < 0.0) | (unit > 1.0))) / unit.size
     return ImageIntensity(float(low), float(median), float(high), outside)
@@ -248,14 +236,12 @@ class IntensityProfile:
         if (
             self.window is not None
             and len(self.stored_dtypes) == 1
-            and _INTEGER_RANGES.get(self.stored_dtypes[0]) == self.window
-            and stored_dtype in _INTEGER_RANGES
+            and INTEGER_RANGES.get(self.stored_dtypes[0]) == self.window
+            and stored_dtype in INTEGER_RANGES
             and stored_dtype != self.stored_dtypes[0]
         ):
-            return Window(*_INTEGER_RANGES[stored_dtype])
-        flat = np.asarray(image).ravel()
-        flat = flat[:: max(1, flat.size // _SAMPLES)].astype(np.float64)
-        p1, p99 = np.percentile(flat, [1.0, 99.0])
+            return Window(*INTEGER_RANGES[stored_dtype])
+        p1, p99 = np.percentile(strided_sample(image), [1.0, 99.0])
         if not p99 > p1 or not self.high > self.low:
             return None
         scale = (p99 - p1) / (self.high - self.low)

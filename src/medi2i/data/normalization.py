@@ -25,15 +25,22 @@ from medi2i.config import NormalizationConfig
 
 log = logging.getLogger(__name__)
 
-# Pixels sampled per image when estimating dataset percentiles (keeps memory bounded).
-_PERCENTILE_SAMPLES_PER_IMAGE = 65536
+PERCENTILE_SAMPLES = 65536
+"""Pixels (evenly strided) an image contributes to percentile estimates: bounded memory."""
 
-_INTEGER_RANGES = {
+INTEGER_RANGES = {
     "uint8": (0.0, 255.0),
     "uint16": (0.0, 65535.0),
     "int8": (-128.0, 127.0),
     "int16": (-32768.0, 32767.0),
 }
+"""The value range of each integer type images are stored in (``dtype`` normalisation)."""
+
+
+def strided_sample(image: np.ndarray, count: int = PERCENTILE_SAMPLES) -> np.ndarray:
+    """At most about ``count`` evenly strided pixels of ``image``, flattened, as float64."""
+    flat = np.asarray(image).ravel()
+    return flat[:: max(1, flat.size // count)].astype(np.float64)
 
 
 @dataclass(frozen=True)
@@ -89,9 +96,7 @@ class Normalizer:
             return cls(cfg)
         samples = []
         for image in images:
-            flat = np.asarray(image, dtype=np.float32).ravel()
-            stride = max(1, flat.size // _PERCENTILE_SAMPLES_PER_IMAGE)
-            samples.append(flat[::stride])
+            samples.append(strided_sample(image).astype(np.float32))
         if not samples:
             raise ValueError("cannot estimate dataset percentiles from an empty training split")
         pooled = np.concatenate(samples)
@@ -144,13 +149,13 @@ class Normalizer:
             assert self.dataset_window is not None
             return self.dataset_window
         if mode == "dtype":
-            if stored_dtype not in _INTEGER_RANGES:
+            if stored_dtype not in INTEGER_RANGES:
                 raise ValueError(
                     f"{source or 'image'}: normalization mode 'dtype' needs an 8/16-bit integer "
                     f"file, got stored type {stored_dtype!r}; set data.normalization.mode to "
                     "'fixed' (with window) or a percentile mode"
                 )
-            return Window(*_INTEGER_RANGES[stored_dtype])
+            return Window(*INTEGER_RANGES[stored_dtype])
         lo, hi = np.percentile(np.asarray(image, dtype=np.float64), self.cfg.percentiles)
         if not hi > lo:
             raise ValueError(

@@ -109,8 +109,7 @@ class Predictor:
                 self.input_window.lo,
                 self.input_window.hi,
             )
-        self.intensity = loaded.intensity
-        if self.intensity is None and intensity_check != "off":
+        if loaded.intensity is None and intensity_check != "off":
             log.info(
                 "%s holds no intensity profile of its training inputs: inputs are not "
                 "checked against it",
@@ -268,13 +267,14 @@ class Predictor:
         Raises:
             IntensityMismatchError: differences found and ``intensity_check`` is ``error``.
         """
-        if self.intensity is None or self.intensity_check == "off":
+        profile = self.loaded.intensity
+        if profile is None or self.intensity_check == "off":
             return []
-        problems = self.intensity.mismatch(measure_intensity(image, window))
+        problems = profile.mismatch(measure_intensity(image, window))
         if not problems:
             return []
         name = source or "image"
-        stored = ", ".join(self.intensity.stored_dtypes)
+        stored = ", ".join(profile.stored_dtypes)
         text = (
             f"{name}: its intensities do not look like the training inputs' in the window "
             f"[{window.lo:g}, {window.hi:g}]: {'; '.join(problems)}. It is stored as "
@@ -283,7 +283,7 @@ class Predictor:
         if self.intensity_check == "warn":
             log.warning("%s Predicted anyway (intensity check: warn).", text)
             return problems
-        suggestion = self.intensity.suggest_window(image, stored_dtype)
+        suggestion = profile.suggest_window(image, stored_dtype)
         hint = (
             f" If it is the same kind of image stored differently, give its window: "
             f"--input-window {suggestion.lo:.6g} {suggestion.hi:.6g} (Python: input_window="
