@@ -124,6 +124,7 @@ SINGLE_SEED_ARMS = ("oracle", "G+D")
 SWEEP_PX: tuple[float, ...] = (0, 2, 4, 8)
 SWEEP_ARMS: tuple[str, ...] = ("G", "G+R")
 SWEEP_OVERRIDES = ("data.train_target=aligned",)
+SWEEP_MIN_LOSS_DB = 0.1  # below this, G lost nothing to misalignment and a share is noise
 
 # Every run: no test evaluation inside training (done here, the same way for every arm), no
 # progress bars or TensorBoard (they only cost time in a subprocess writing to a log file).
@@ -581,7 +582,13 @@ def analyse(records: list[dict], *, resamples: int = 1000) -> dict[str, Any]:
 
 
 def sweep_table(records: list[dict], oracle: dict | None) -> list[dict[str, Any]]:
-    """One row per misalignment: lung PSNR of G and G+R, their gap and the oracle beside."""
+    """One row per misalignment: lung PSNR of G and G+R, their gap, and R's share of G's loss.
+
+    G's loss at a misalignment is ``G(0 px) - G(px)``: the sweep's own 0-px G (same seed, same
+    simulator, aligned targets) is the ceiling, the ablation's oracle only when the sweep has
+    no 0-px G. R's share is ``(G+R - G) / (ceiling - G)``, left out where the loss is under
+    0.1 dB (a ratio of noise).
+    """
     cells: dict[float, dict[str, float | None]] = {}
     for rec in records:
         if rec.get("group") != "sweep":
@@ -591,15 +598,23 @@ def sweep_table(records: list[dict], oracle: dict | None) -> list[dict[str, Any]
     oracle_psnr = None
     if oracle is not None:
         oracle_psnr = oracle["metrics"]["psnr_mask"]["mean"]
+    ceiling = cells.get(0.0, {}).get("G")
+    if ceiling is None:
+        ceiling = oracle_psnr
     rows = []
     for px in sorted(cells):
         g, gr = cells[px].get("G"), cells[px].get("G+R")
+        gain = None if g is None or gr is None else gr - g
+        loss = None if ceiling is None or g is None else ceiling - g
+        share = None if gain is None or loss is None or loss < SWEEP_MIN_LOSS_DB else gain / loss
         rows.append(
             {
                 "max_px": px,
                 "G": g,
                 "G+R": gr,
-                "gap_G+R_minus_G": None if g is None or gr is None else gr - g,
+                "gap_G+R_minus_G": gain,
+                "G_loss_to_ceiling": loss,
+                "r_share": share,
                 "oracle": oracle_psnr,
             }
         )
@@ -1271,13 +1286,15 @@ def markdown(report: dict[str, Any]) -> str:
 
     if report.get("sweep"):
         lines += ["", "## Misalignment sweep (lung PSNR dB, one seed)", ""]
-        head = ["max_px", "G", "G+R", "G+R − G", "oracle"]
+        head = ["max_px", "G", "G+R", "G+R − G", "G's loss to 0 px", "R's share", "oracle"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for row in report["sweep"]:
-            gap = row["gap_G+R_minus_G"]
+            gap, loss, share = row["gap_G+R_minus_G"], row["G_loss_to_ceiling"], row["r_share"]
             lines.append(
                 f"| {row['max_px']:g} | {_num(row['G'])} | {_num(row['G+R'])} | "
-                f"{'n/a' if gap is None else f'{gap:+.3g}'} | {_num(row['oracle'])} |"
+                f"{'n/a' if gap is None else f'{gap:+.3g}'} | "
+                f"{'n/a' if loss is None else f'{loss:.3g}'} | "
+                f"{'n/a' if share is None else f'{100 * share:.0f}%'} | {_num(row['oracle'])} |"
             )
 
     failed = [r for r in report["runs"] if r["status"] != "ok"]

@@ -244,6 +244,14 @@ def test_d_diagnostics_and_sweep(ab):
     assert rows[1]["gap_G+R_minus_G"] == pytest.approx(2.0)
     assert rows[2]["G+R"] is None and rows[2]["gap_G+R_minus_G"] is None
     assert all(r["oracle"] == 34.1 for r in rows)
+    # R's share of what G lost to the misalignment, against the sweep's own 0-px G
+    assert rows[1]["G_loss_to_ceiling"] == pytest.approx(4.0)
+    assert rows[1]["r_share"] == pytest.approx(0.5)
+    assert rows[0]["r_share"] is None  # G lost nothing at 0 px: no share of noise
+    no_zero = [r for r in sweep if r["px"] != 0]
+    assert ab.sweep_table(no_zero, {"metrics": {"psnr_mask": {"mean": 34.0}}})[0][
+        "r_share"
+    ] == pytest.approx(0.5)  # the oracle is the ceiling when the sweep has no 0-px G
 
 
 def test_crop_window_and_markdown(ab):
