@@ -1,13 +1,14 @@
 """Ablation of the demo: do the registration R and the discriminator D earn their place?
 
-Five arms, each a set of config overrides on top of the base config (``configs/demo.yaml``,
+Six arms, each a set of config overrides on top of the base config (``configs/demo.yaml``,
 which is G+R+D), all trained with the same budget (epochs, steps per epoch, batch size, crop):
 
 * ``oracle`` - G alone trained on the *aligned* targets (the ceiling misalignment costs),
 * ``G`` - G alone on the misaligned targets,
 * ``G+R`` - G with the base config's registration R (the demo's: fitted per pair), no D,
 * ``G+D`` - G with D, no R,
-* ``G+R+D`` - the demo as it is.
+* ``G+R+D`` - the demo as it is,
+* ``oracle+D`` - G with D on the aligned targets: what D adds when nothing is misaligned.
 
 Every run trains in its own ``medi2i train`` subprocess (a crash in one arm is recorded, not
 fatal), then its best EMA checkpoint is evaluated in-process on the TEST split against the
@@ -67,8 +68,11 @@ ARMS: dict[str, tuple[str, ...]] = {
     "G+R": ("model.D.enabled=false",),
     "G+D": ("model.R.enabled=false",),
     "G+R+D": (),
+    "oracle+D": ("model.R.enabled=false", "data.train_target=aligned"),
 }
-"""Overrides that make each arm from the base config (G+R+D)."""
+"""Overrides that make each arm from the base config (G+R+D). ``oracle+D`` is D's own test
+without misalignment (aligned targets, D conditioned on the input as in pix2pix): what D adds
+to G when nothing is misaligned, beside ``oracle``."""
 
 PAIRS: tuple[tuple[str, str], ...] = (
     ("G+R", "G"),
@@ -76,6 +80,7 @@ PAIRS: tuple[tuple[str, str], ...] = (
     ("G+R+D", "G"),
     ("G+D", "G"),
     ("oracle", "G"),
+    ("oracle+D", "oracle"),
 )
 """Paired differences ``a - b`` reported (over the seeds both arms have)."""
 
@@ -120,7 +125,7 @@ PER_IMAGE: tuple[str, ...] = ("psnr_mask", "hfen_mask")
 RELATIVE: tuple[str, ...] = ("hfen_mask", "gmsd_mask")
 """Lower-is-better metrics whose differences are also given in % of the second arm."""
 
-SINGLE_SEED_ARMS = ("oracle", "G+D")
+SINGLE_SEED_ARMS = ("oracle", "G+D", "oracle+D")
 SWEEP_PX: tuple[float, ...] = (0, 2, 4, 8)
 SWEEP_ARMS: tuple[str, ...] = ("G", "G+R")
 SWEEP_OVERRIDES = ("data.train_target=aligned",)

@@ -69,7 +69,7 @@ def test_plan_arms_seeds_and_override_order(ab):
     plan = ab.build_plan(
         arms=list(ab.ARMS),
         seeds=[0, 1, 2],
-        single_seed_arms=["oracle", "G+D"],
+        single_seed_arms=["oracle", "G+D", "oracle+D"],
         all_seeds=False,
         bench_dir="runs/b",
         quick=True,
@@ -89,6 +89,7 @@ def test_plan_arms_seeds_and_override_order(ab):
         "G+R+D-s0",
         "G+R+D-s1",
         "G+R+D-s2",
+        "oracle+D-s0",
     ]
     oracle = plan[0].overrides
     assert oracle[-1] == "seed=0"
