@@ -100,7 +100,7 @@ def test_plan_arms_seeds_and_override_order(ab):
     for spec in plan:
         assert [o for o in spec.overrides if o in shared] == shared
     assert "data.root=runs/b" in shared and "train.epochs=4" in shared
-    assert plan[-1].overrides[-1] == "seed=2"
+    assert plan[-2].overrides[-1] == "seed=2"  # G+R+D-s2 (the single-seed oracle+D is last)
     every = ab.build_plan(
         arms=["G+D"],
         seeds=[3, 4],
