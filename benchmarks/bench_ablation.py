@@ -1026,8 +1026,8 @@ def crops_figure(
     import matplotlib.pyplot as plt
 
     from medi2i.data.dataset import build_dataset
-    from medi2i.evaluation.baseline import reference_key
     from medi2i.inference import Predictor, load_generator
+    from medi2i.metrics import reference_key
 
     outputs: dict[str, np.ndarray] = {}
     item = normalizer = None

@@ -17,8 +17,10 @@ import torch
 
 from medi2i.config import load_config
 from medi2i.data.dataset import build_dataloader, build_dataset
+from medi2i.evaluation.runs import load_run
 from medi2i.inference import load_generator
-from medi2i.training.checkpoints import load_checkpoint
+from medi2i.run.checkpoint import load_checkpoint
+from medi2i.run.layout import RunLayout
 from medi2i.training.distributed import DistContext
 from medi2i.training.trainer import Trainer, TrainingError, train
 from medi2i.training.validation import evaluate_generator
@@ -80,6 +82,14 @@ def test_each_mode_trains_and_writes_everything(dataset_root, tmp_path, mode):
             assert "grad_norm_R" in s and "w_smooth" in s
     epochs = read_jsonl(run / "metrics" / "epochs.jsonl")
     assert len(epochs) == 2 and "val_psnr_mask" in epochs[-1]
+    # writers and readers share one layout: every path it names was written, and read back
+    layout = RunLayout(run)
+    named = (layout.config, layout.summary, layout.test_metrics, layout.train_log, layout.steps)
+    named += (layout.epochs, layout.epochs_csv, layout.last_checkpoint, layout.best_checkpoint)
+    assert all(path.is_file() for path in (*named, layout.sample_grid(2))) and layout.is_run()
+    record = load_run(run)
+    assert len(record.epochs) == 2 and len(record.steps) == 6 and record.test_metrics
+    assert record.has_checkpoint and not record.problems
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["epoch"] == 2 and state["step"] == 6
     joined = " ".join(mode)

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medi2i import __version__
+from medi2i.run.layout import RunLayout
 from medi2i.utils.log import setup_logging
 
 log = logging.getLogger("medi2i.cli")
@@ -308,7 +309,7 @@ def _run_ablations(run_dirs: Sequence[str]) -> list[str]:
         plan = plans[0]
         if not run.config_path.is_file():
             raise UserError(f"{run_dir}: no config.yaml to build the ablation from")
-        if (Path(plan.out) / "summary.json").is_file():
+        if RunLayout(Path(plan.out)).summary.is_file():
             log.info("ablation %s already trained; reused", plan.out)
         else:
             print(f"training the ablation: {plan.command}", flush=True)
@@ -355,7 +356,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     out = (
         Path(args.out)
         if args.out
-        else ((source if source.is_dir() else source.parent.parent) / f"eval_{args.split}")
+        else RunLayout(source if source.is_dir() else source.parent.parent).evaluation(args.split)
     )
     try:
         summary = evaluate_split(

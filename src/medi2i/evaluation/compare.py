@@ -468,8 +468,8 @@ def _crop_panels(
     from scipy.ndimage import gaussian_laplace
 
     from medi2i.data.dataset import build_dataset
-    from medi2i.evaluation.metrics import hfen, psnr
     from medi2i.inference.loading import load_generator
+    from medi2i.metrics import hfen, psnr
 
     notes: list[str] = []
     if crops <= 0:

@@ -4,7 +4,7 @@
 run's data config and normalised with the checkpoint's normaliser) it computes, against the
 **aligned target** when the dataset has one (the truth for misaligned pairs), else the target:
 
-* every metric of :func:`medi2i.evaluation.metrics.compute_metrics` - PSNR, SSIM, MS-SSIM, MAE,
+* every metric of :func:`medi2i.metrics.compute_metrics` - PSNR, SSIM, MS-SSIM, MAE,
   BSR, the published BSR (``bsr_lit``), HFEN, GMSD and the sharpness ratio - on the whole image
   and inside the mask (``<name>_mask``; MS-SSIM and ``bsr_lit`` whole image only), in the
   normalised range (``data_range`` = the width of ``output_range``);
@@ -40,10 +40,9 @@ from tqdm import tqdm
 
 from medi2i.config import Config
 from medi2i.data.dataset import build_dataset
-from medi2i.evaluation.baseline import reference_key
-from medi2i.evaluation.metrics import blur_effect, compute_metrics
 from medi2i.inference.loading import LoadedGenerator
 from medi2i.inference.predictor import Predictor
+from medi2i.metrics import blur_effect, compute_metrics, reference_key
 from medi2i.utils.atomic import atomic_path, atomic_write_text
 from medi2i.utils.jsonsafe import json_safe
 from medi2i.viz import make_grid, save_rgb_png

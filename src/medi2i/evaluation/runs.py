@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from medi2i.run.layout import RUN_MARKERS, RunLayout
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -44,9 +46,6 @@ __all__ = [
     "run_label",
     "run_mode",
 ]
-
-#: Files whose presence makes a directory a run directory (at least one is needed).
-_RUN_MARKERS = ("config.yaml", "summary.json", "metrics/epochs.jsonl")
 
 
 def cfg_get(config: dict, dotted: str, default: Any = None) -> Any:
@@ -211,13 +210,13 @@ class RunRecord:
     @property
     def has_checkpoint(self) -> bool:
         """Whether ``checkpoints/best.pt`` or ``checkpoints/last.pt`` exists."""
-        ckpt = self.path / "checkpoints"
-        return (ckpt / "best.pt").is_file() or (ckpt / "last.pt").is_file()
+        layout = RunLayout(self.path)
+        return layout.best_checkpoint.is_file() or layout.last_checkpoint.is_file()
 
     @property
     def config_path(self) -> Path:
         """``config.yaml`` of the run (it may not exist for a partial run)."""
-        return self.path / "config.yaml"
+        return RunLayout(self.path).config
 
     @property
     def pairs(self) -> dict[str, Any]:
@@ -517,18 +516,19 @@ def load_run(run_dir: str | Path) -> RunRecord:
     path = Path(run_dir)
     if not path.is_dir():
         raise ValueError(f"{path}: not a directory (expected a training run directory)")
-    if not any((path / marker).is_file() for marker in _RUN_MARKERS):
+    layout = RunLayout(path)
+    if not layout.is_run():
         raise ValueError(
-            f"{path}: not a run directory (expected at least one of {', '.join(_RUN_MARKERS)})"
+            f"{path}: not a run directory (expected at least one of {', '.join(RUN_MARKERS)})"
         )
     problems: list[str] = []
-    config = _read_yaml(path / "config.yaml", problems)
-    summary = _read_json(path / "summary.json", problems)
-    test_metrics = _read_json(path / "test_metrics.json", problems)
+    config = _read_yaml(layout.config, problems)
+    summary = _read_json(layout.summary, problems)
+    test_metrics = _read_json(layout.test_metrics, problems)
     if not test_metrics and isinstance(summary.get("test"), dict):
         test_metrics = summary["test"]
-    epochs = _read_jsonl(path / "metrics" / "epochs.jsonl", problems)
-    steps = _read_jsonl(path / "metrics" / "steps.jsonl", problems)
+    epochs = _read_jsonl(layout.epochs, problems)
+    steps = _read_jsonl(layout.steps, problems)
     record = RunRecord(
         path=path,
         name=path.resolve().name or str(path),

@@ -41,6 +41,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from medi2i.losses import PART_NAMES
+from medi2i.run.layout import RunLayout
 from medi2i.utils.atomic import atomic_write_text
 from medi2i.utils.jsonsafe import json_safe
 from medi2i.viz import make_grid, overlay_mask, save_rgb_png, to_uint8
@@ -243,11 +244,12 @@ class RunLogger:
     ) -> None:
         self.run_dir = Path(run_dir)
         self.enabled = enabled
-        self.metrics_dir = self.run_dir / "metrics"
-        self.steps_path = self.metrics_dir / "steps.jsonl"
-        self.epochs_jsonl_path = self.metrics_dir / "epochs.jsonl"
-        self.epochs_csv_path = self.metrics_dir / "epochs.csv"
-        self.tensorboard_dir = self.run_dir / "tensorboard"
+        layout = RunLayout(self.run_dir)
+        self.metrics_dir = layout.metrics
+        self.steps_path = layout.steps
+        self.epochs_jsonl_path = layout.epochs
+        self.epochs_csv_path = layout.epochs_csv
+        self.tensorboard_dir = layout.tensorboard
         self._writer: Any | None = None
         self._steps_file: io.TextIOBase | None = None
         self._epoch_rows: list[dict[str, Any]] = []

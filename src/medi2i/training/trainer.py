@@ -40,7 +40,7 @@ generator (``EMA.module``), a separate copy: the online weights are never swappe
 so validation can never run on the online weights by mistake.
 
 Each epoch the run checks its own reconstruction loss and validation lung PSNR for a jump or a
-collapse (:mod:`medi2i.training.stability`) and reports it (log, console, ``summary.json``);
+collapse (:mod:`medi2i.run.stability`) and reports it (log, console, ``summary.json``);
 validation also measures whether D separates held-out real targets from the EMA generator's
 outputs (``val_D_acc``, ``val_D_gap``), the evidence that D is informative rather than at chance.
 
@@ -83,21 +83,20 @@ from medi2i.data.dataset import (
 )
 from medi2i.data.intensity import IntensityProfile
 from medi2i.data.normalization import Normalizer
-from medi2i.evaluation.baseline import identity_baseline
 from medi2i.losses import DiscriminatorLoss, GeneratorLoss, gradient_shares
+from medi2i.metrics import identity_baseline
 from medi2i.models import build_discriminator, build_generator, build_registration
 from medi2i.models.discriminator import resolve_d_conditional
 from medi2i.models.field_centring import SystematicFieldRemoval
 from medi2i.models.registration import warp
-from medi2i.training.checkpoints import (
+from medi2i.run.checkpoint import (
     CheckpointManager,
-    capture_rng_state,
     checkpoint_payload,
     load_checkpoint,
-    load_pretrained_generator,
-    restore_rng_state,
     save_checkpoint,
 )
+from medi2i.run.layout import RunLayout
+from medi2i.run.stability import FALLBACK_KEYS, INSTABILITY_KEYS, find_instabilities
 from medi2i.training.device import autocast, batch_tensor
 from medi2i.training.diagnostics import (
     ProgressBar,
@@ -116,7 +115,7 @@ from medi2i.training.distributed import (
 from medi2i.training.ema import EMA, resolve_warmup_steps
 from medi2i.training.sampler import EpochSampler
 from medi2i.training.schedules import build_scheduler
-from medi2i.training.stability import FALLBACK_KEYS, INSTABILITY_KEYS, find_instabilities
+from medi2i.training.state import capture_rng_state, load_pretrained_generator, restore_rng_state
 from medi2i.training.validation import EvalResult, evaluate_generator
 from medi2i.utils.atomic import atomic_write_text
 
@@ -174,6 +173,7 @@ class Trainer:
     ) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
+        self.layout = RunLayout(self.run_dir)
         self.ctx = ctx
         self.device = ctx.device
         tc = cfg.train
@@ -620,7 +620,7 @@ class Trainer:
         """Train to ``train.epochs``; returns the final summary (also ``summary.json``)."""
         cfg, tc = self.cfg, self.cfg.train
         if self.ctx.is_main:
-            save_config(cfg, self.run_dir / "config.yaml")
+            save_config(cfg, self.layout.config)
         try:
             while self.epoch < tc.epochs:
                 start = time.perf_counter()
@@ -717,7 +717,7 @@ class Trainer:
             "val/samples",
             rgb,
             self.epoch + 1,
-            save_png=self.run_dir / "samples" / f"epoch_{self.epoch + 1:04d}.png",
+            save_png=self.layout.sample_grid(self.epoch + 1),
         )
 
     # ------------------------------------------------------------------------------------------
@@ -811,7 +811,7 @@ class Trainer:
         if cfg.eval.test_at_end:
             summary["test"] = self.test_best()
         if self.ctx.is_main:
-            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            atomic_write_text(self.layout.summary, json.dumps(summary, indent=2) + "\n")
         return summary
 
     def test_best(self) -> dict[str, Any] | None:
@@ -844,9 +844,7 @@ class Trainer:
             "identity": {k: baseline[k] for k in result.metrics if k in baseline},
         }
         if self.ctx.is_main:
-            atomic_write_text(
-                self.run_dir / "test_metrics.json", json.dumps(report, indent=2) + "\n"
-            )
+            atomic_write_text(self.layout.test_metrics, json.dumps(report, indent=2) + "\n")
             m, b = report["model"], report["identity"]
             print(
                 f"test ({result.images} images, vs {reference}, {report['weights']}): "
@@ -864,14 +862,11 @@ class Trainer:
 # ----------------------------------------------------------------------------------------------
 
 
-#: What a run writes into its directory; any of them means the folder already holds a run.
-_RUN_ENTRIES = ("checkpoints", "config.yaml", "metrics", "samples", "summary.json", "train.log")
-
-
 def _new_run_dir(cfg: Config, out: str | None) -> Path:
     if out is not None:
         run_dir = Path(out)
-        checkpoints = run_dir / "checkpoints"
+        layout = RunLayout(run_dir)
+        checkpoints = layout.checkpoints
         if checkpoints.is_dir() and any(checkpoints.glob("*.pt")):
             raise ValueError(
                 f"{run_dir} already holds a run; continue it with --resume {run_dir} "
@@ -879,7 +874,7 @@ def _new_run_dir(cfg: Config, out: str | None) -> Path:
             )
         # A run stopped before its first checkpoint cannot be resumed, and starting again in
         # its folder would append to its logs (step 1 twice in steps.jsonl).
-        leftovers = [name for name in _RUN_ENTRIES if (run_dir / name).exists()]
+        leftovers = [p.name for p in layout.training_entries if p.exists()]
         if leftovers:
             raise ValueError(
                 f"{run_dir} holds files of an earlier run ({', '.join(leftovers)}) but no "
@@ -892,7 +887,7 @@ def _new_run_dir(cfg: Config, out: str | None) -> Path:
 
 def _attach_file_log(run_dir: Path) -> logging.Handler:
     run_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+    handler = logging.FileHandler(RunLayout(run_dir).train_log, encoding="utf-8")
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger("medi2i")

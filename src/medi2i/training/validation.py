@@ -13,9 +13,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from medi2i.evaluation.baseline import reference_key
-from medi2i.evaluation.metrics import compute_metrics
 from medi2i.losses.adversarial import DECISION_THRESHOLDS
+from medi2i.metrics import compute_metrics, reference_key
 from medi2i.training.device import autocast, batch_tensor
 from medi2i.training.distributed import DistContext, all_reduce_sum
 
@@ -92,7 +91,7 @@ def evaluate_generator(
         autocast_dtype: run the generator under autocast with this dtype (None = off).
         sample_count: keep this many first images (input, output, reference, mask).
         max_images: stop after this many images on this rank.
-        metrics: metric names for :func:`~medi2i.evaluation.metrics.compute_metrics`.
+        metrics: metric names for :func:`~medi2i.metrics.compute_metrics`.
         discriminator: D, to measure whether it tells held-out real targets from the
             generator's outputs: adds ``D_real``, ``D_fake`` (mean logits), ``D_gap``
             (their difference) and ``D_acc`` (patch accuracy at the mode's threshold) on these

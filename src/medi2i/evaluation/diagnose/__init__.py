@@ -23,7 +23,7 @@ The rules, in :data:`RULES` order, each a pure function returning a :class:`Find
 2. ``conditional_d_misaligned`` - D is conditioned on the input while the pairs are misaligned:
    D can reward misalignment.
 3. ``unstable_training`` - a loss jump or validation collapse (the run's own ``instabilities``,
-   else :func:`medi2i.training.stability.find_instabilities` on its epoch log), in the run or
+   else :func:`medi2i.run.stability.find_instabilities` on its epoch log), in the run or
    its baseline: an ablation with such an arm is not trustworthy.
 4. ``ablation`` - what D (and R) add against the baseline, with intervals; the command for a
    missing ablation, and the verdict about D marked provisional without one.

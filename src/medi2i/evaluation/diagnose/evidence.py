@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from medi2i.evaluation.runs import RunRecord, finite_or_none
-from medi2i.training.stability import find_instabilities
+from medi2i.run.stability import find_instabilities
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:

@@ -9,7 +9,7 @@ arm of an ablation, which it is not. :func:`find_jumps` finds these breaks in on
 Both functions are pure: the trainer calls :func:`find_instabilities` at the end of each epoch
 on the rows logged so far (a jump is reported at the epoch where it happens, so the new ones are
 those whose ``epoch`` is the current one), and ``medi2i diagnose`` calls it on the epoch log of
-runs that predate the trainer's own check.
+any run whose summary does not record the trainer's own findings.
 
 Each threshold, and why it was chosen, is documented where it is defined.
 """
