@@ -17,6 +17,7 @@ import torch
 
 from medi2i.config import load_config
 from medi2i.data.dataset import build_dataloader, build_dataset
+from medi2i.evaluation.evaluate import evaluate_split
 from medi2i.evaluation.runs import load_run
 from medi2i.inference import load_generator
 from medi2i.run.checkpoint import load_checkpoint
@@ -107,8 +108,15 @@ def test_each_mode_trains_and_writes_everything(dataset_root, tmp_path, mode):
         ctx=DistContext(),
         data_range=1.0,
     )
-    for key in ("psnr", "psnr_mask", "ssim"):
+    for key in ("psnr", "psnr_mask", "ssim"):  # the batched validation code, independently
         assert report["model"][key] == pytest.approx(result.metrics[key], rel=1e-5), key
+    # one scoring path: `medi2i evaluate` reports the same metrics with the same means
+    summary = evaluate_split(loaded, out_dir=tmp_path / "eval", bootstrap=1, progress=False)
+    for method in ("model", "identity"):
+        means = {k: v["mean"] for k, v in summary["methods"][method].items()}
+        assert set(report[method]) == set(means) >= {"bsr_lit", "ms_ssim", "blur_effect"}
+        for key, value in means.items():
+            assert report[method][key] == pytest.approx(value, rel=1e-6, nan_ok=True), key
 
 
 def test_validation_uses_ema_and_leaves_online_weights_untouched(dataset_root, tmp_path):

@@ -83,8 +83,10 @@ from medi2i.data.dataset import (
 )
 from medi2i.data.intensity import IntensityProfile
 from medi2i.data.normalization import Normalizer
+from medi2i.inference.loading import LoadedGenerator
+from medi2i.inference.predictor import Predictor
+from medi2i.inference.scoring import score_split
 from medi2i.losses import DiscriminatorLoss, GeneratorLoss, gradient_shares
-from medi2i.metrics import identity_baseline
 from medi2i.models import build_discriminator, build_generator, build_registration
 from medi2i.models.discriminator import resolve_d_conditional
 from medi2i.models.field_centring import SystematicFieldRemoval
@@ -815,45 +817,59 @@ class Trainer:
         return summary
 
     def test_best(self) -> dict[str, Any] | None:
-        """The best (else last) EMA weights on the test split, beside the identity baseline."""
-        test_set = self._optional_split("test")
+        """The best (else last) EMA weights on the test split, beside the identity baseline.
+
+        Scored by :func:`~medi2i.inference.scoring.score_split`, the path ``medi2i evaluate``
+        takes, so ``test_metrics.json`` holds the same metrics (means over the test images) as
+        the evaluation report. The main process scores; the others return ``None``.
+        """
+        test_set = self._optional_split("test") if self.ctx.is_main else None
         if test_set is None:
             return None
-        source = "last"
         best_path = self.checkpoints.best_path()
-        ema_net = self.ema.module
+        ema_net, source, epoch = self.ema.module, "last", self.epoch
         if best_path.is_file():
             state = load_checkpoint(best_path, map_location=self.device)
             ema_net = copy.deepcopy(self.ema.module)  # same architecture, the best's weights
             ema_net.load_state_dict(state["ema"]["G"])
-            ema_net.eval()
-            source = f"best (epoch {state.get('epoch')})"
-        result = evaluate_generator(
-            ema_net,
-            self._eval_loader(test_set),
-            ctx=self.ctx,
-            data_range=self.data_range,
-            autocast_dtype=self.amp_dtype,
+            epoch = state.get("epoch")
+            source = f"best (epoch {epoch})"
+        loaded = LoadedGenerator(
+            generator=ema_net,
+            config=self.cfg,
+            normalizer=self.normalizer,
+            checkpoint=best_path if best_path.is_file() else self.checkpoints.last_path(),
+            weights="ema",
+            epoch=epoch,
+            intensity=self.intensity_profile,
         )
-        baseline, reference = identity_baseline(test_set, data_range=self.data_range)
+        was_training = ema_net.training
+        try:
+            scores = score_split(
+                Predictor(loaded, device=self.device),
+                test_set,
+                data_range=self.data_range,
+                split="test",
+            )
+        finally:
+            ema_net.train(was_training)
         report = {
             "weights": f"EMA, {source}",
-            "reference": result.reference,
-            "images": result.images,
-            "model": result.metrics,
-            "identity": {k: baseline[k] for k in result.metrics if k in baseline},
+            "reference": scores.reference,
+            "images": scores.images,
+            "model": scores.means("model"),
+            "identity": scores.means("identity"),
         }
-        if self.ctx.is_main:
-            atomic_write_text(self.layout.test_metrics, json.dumps(report, indent=2) + "\n")
-            m, b = report["model"], report["identity"]
-            print(
-                f"test ({result.images} images, vs {reference}, {report['weights']}): "
-                f"PSNR {m['psnr']:.2f} dB (identity {b['psnr']:.2f}), "
-                f"lung {m['psnr_mask']:.2f} (identity {b['psnr_mask']:.2f}); "
-                f"SSIM {m['ssim']:.4f} (identity {b['ssim']:.4f}), "
-                f"lung {m['ssim_mask']:.4f} (identity {b['ssim_mask']:.4f})",
-                flush=True,
-            )
+        atomic_write_text(self.layout.test_metrics, json.dumps(report, indent=2) + "\n")
+        m, b = report["model"], report["identity"]
+        print(
+            f"test ({scores.images} images, vs {scores.reference}, {report['weights']}): "
+            f"PSNR {m['psnr']:.2f} dB (identity {b['psnr']:.2f}), "
+            f"lung {m['psnr_mask']:.2f} (identity {b['psnr_mask']:.2f}); "
+            f"SSIM {m['ssim']:.4f} (identity {b['ssim']:.4f}), "
+            f"lung {m['ssim_mask']:.4f} (identity {b['ssim_mask']:.4f})",
+            flush=True,
+        )
         return report
 
 
