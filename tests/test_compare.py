@@ -199,13 +199,12 @@ def test_densest_window_finds_the_lung():
     assert 30 <= top <= 36 and 40 <= left <= 48
 
 
-@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="no headless Chromium")
-def test_headless_chromium_renders_the_report(report, tmp_path):
+def test_headless_chromium_renders_the_report(report, tmp_path, chromium):
     _, out = report
     shot = tmp_path / "shot.png"
     subprocess.run(
         [
-            "/usr/bin/chromium",
+            str(chromium),
             "--headless",
             "--no-sandbox",
             "--disable-gpu",

@@ -61,6 +61,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,18 @@ def _split(outputs: list, n: int) -> list[list]:
         ]
         for k in range(parts)
     ]
+
+
+@dataclass
+class _TargetFrame:
+    """G's output in the target's frame: what every position-wise loss compares."""
+
+    pred: torch.Tensor
+    """warp(G(x)) with R on, else G(x)."""
+    mask: torch.Tensor
+    """The lung mask in the same frame (warped by R's detached field)."""
+    field: torch.Tensor | None
+    """R's field in pixels, None without R."""
 
 
 def _seed_everything(seed: int) -> None:
@@ -393,114 +406,159 @@ class Trainer:
         return batch_tensor(batch, key, self.device, self.memory_format)
 
     def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        """One optimisation step of every network; returns detached diagnostics."""
-        x = self._to_device(batch, "input")
-        y = self._to_device(batch, "target")
-        mask = self._to_device(batch, "mask")
-        n = x.shape[0]
+        """One optimisation step of every network; returns detached diagnostics.
+
+        G translates the input; R (when on) puts G's output into the target's frame; D (when
+        on) learns to tell the target from G's output; G (and a learnt R) learn from the
+        reconstruction in the target's frame plus D's verdict; then every optimiser steps
+        together, unless a loss or gradient is not finite.
+        """
+        x, y, mask = (self._to_device(batch, key) for key in ("input", "target", "mask"))
         stats: dict[str, torch.Tensor] = {}
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
-
         with self._autocast():
             y_hat = self.G(x)
         y_hat = y_hat.float()
+        frame = self._in_target_frame(y_hat, y, mask, stats)
+        d_total = self._d_step(x, y, y_hat, frame, stats) if self.D is not None else None
+        g_total = self._g_step(x, y, y_hat, frame, stats)
+        return self._apply_step(g_total, d_total, stats)
 
-        # R's field first: every position-wise loss compares images in the target's frame:
-        # with R on that is warp(G(x)), and the lung mask (drawn in the input's frame) is
-        # warped by the same field, detached so that R cannot shrink the weighted region.
-        field = None
-        pred, pred_mask = y_hat, mask
-        if self.R is not None:
-            if self.r_learnt:
-                with self._autocast():
-                    # A learnt R reads G's output with its graph (RegGAN's formulation): G also
-                    # learns through the field. With a detached copy G learnt only through the
-                    # warp and ended 0.9 dB lower in lung PSNR on the benchmark's validation split.
-                    field = self.R(y_hat, y)
-            else:
-                # A fitted R registers G's output as it is and hands G's loss a fixed frame: G
-                # learns through the warped image, not through the field.
-                field = self.R(y_hat.detach(), y, mask)
-            field = field.float()
-            if self.r_centring is not None:
-                # a displacement common to the data is G's to fix, not R's to absorb
-                field = self.r_centring(field)
-                stats["field_systematic_px"] = self.r_centring.estimate()[:, 0].norm()
-            pred = warp(y_hat, field)
-            pred_mask = warp(mask, field.detach())
-            stats["field_max_px"] = field.detach().norm(dim=1).amax()
-        # D judges G's output as it is, or (model.D.frame: target) warped into the target's
-        # frame, where a conditional D sees real and fake pairs equally misaligned
-        judged = pred if self.d_in_target_frame else y_hat
-        d_total = None
-        cond = torch.cat([x, x]) if self.d_conditional else None
-        if self.D is not None:
-            apply_r1 = self.d_loss.r1_due(self.d_step)
-            real = y.detach().requires_grad_(apply_r1)
+    def _in_target_frame(
+        self, y_hat: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, stats: dict
+    ) -> _TargetFrame:
+        """G's output and the lung mask in the target's frame (R's field applied when R is on).
+
+        Every position-wise loss compares images in the target's frame: with R on that is
+        warp(G(x)), and the lung mask (drawn in the input's frame) is warped by the same field,
+        detached so that R cannot shrink the weighted region.
+        """
+        if self.R is None:
+            return _TargetFrame(y_hat, mask, None)
+        if self.r_learnt:
             with self._autocast():
-                outputs = self.D(torch.cat([real, judged.detach()]), cond)
-            real_out, fake_out = _split(outputs, n)
-            d_total, d_parts = self.d_loss(real_out, fake_out, real_images=real, apply_r1=apply_r1)
-            self.scaler.scale(d_total).backward()
-            stats.update(
-                {k: v for k, v in d_parts.items() if k.startswith(("D_", "d_", "r1", "w_r1"))}
-            )
-            stats["loss_D"] = d_total.detach()
-            stats.update(self._clip("D"))
+                # A learnt R reads G's output with its graph (RegGAN's formulation): G also
+                # learns through the field. With a detached copy G learnt only through the
+                # warp and ended 0.9 dB lower in lung PSNR on the benchmark's validation split.
+                field = self.R(y_hat, y)
+        else:
+            # A fitted R registers G's output as it is and hands G's loss a fixed frame: G
+            # learns through the warped image, not through the field.
+            field = self.R(y_hat.detach(), y, mask)
+        field = field.float()
+        if self.r_centring is not None:
+            # a displacement common to the data is G's to fix, not R's to absorb
+            field = self.r_centring(field)
+            stats["field_systematic_px"] = self.r_centring.estimate()[:, 0].norm()
+        stats["field_max_px"] = field.detach().norm(dim=1).amax()
+        return _TargetFrame(warp(y_hat, field), warp(mask, field.detach()), field)
 
-        # G (and R) step
+    def _d_step(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        y_hat: torch.Tensor,
+        frame: _TargetFrame,
+        stats: dict,
+    ) -> torch.Tensor:
+        """D's loss on the target (real) against G's output (fake), back-propagated into D.
+
+        D judges G's output as it is, or (``model.D.frame: target``) warped into the target's
+        frame, where a conditional D sees real and fake pairs equally misaligned.
+        """
+        judged = frame.pred if self.d_in_target_frame else y_hat
+        cond = torch.cat([x, x]) if self.d_conditional else None
+        apply_r1 = self.d_loss.r1_due(self.d_step)
+        real = y.detach().requires_grad_(apply_r1)
+        with self._autocast():
+            outputs = self.D(torch.cat([real, judged.detach()]), cond)
+        real_out, fake_out = _split(outputs, x.shape[0])
+        total, parts = self.d_loss(real_out, fake_out, real_images=real, apply_r1=apply_r1)
+        self.scaler.scale(total).backward()
+        parts.pop("total")  # logged as loss_D
+        stats.update(parts)
+        stats["loss_D"] = total.detach()
+        stats.update(self._clip("D"))
+        return total
+
+    def _d_view(
+        self, x: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor, frame: _TargetFrame
+    ) -> tuple[list, list, list | None]:
+        """The frozen D's outputs for G's loss: (target, judged image, feature-matching image).
+
+        The GAN term judges what D was trained on: G's own output (position-free), or with
+        ``model.D.frame: target`` the warped output. Feature matching is a position-wise L1
+        between D's feature maps of the target and of the image in the target's frame
+        (warp(G(x)) with R on): against the unwarped output it would pull G towards
+        reproducing the target's misalignment.
+        """
+        if self.d_in_target_frame:
+            # a learnt R's field is detached here: R registers, it does not learn to fool D
+            judged = warp(y_hat, frame.field.detach()) if self.r_learnt else frame.pred
+            images = [y, judged]
+        else:
+            images = [y, y_hat]
+            if self.R is not None and self.cfg.loss.feat_match_weight > 0:
+                images.append(frame.pred)
+        d_net = unwrap_model(self.D)
+        d_net.requires_grad_(False)
+        try:
+            cond = torch.cat([x] * len(images)) if self.d_conditional else None
+            with self._autocast():
+                outputs = d_net(torch.cat(images), cond)
+        finally:
+            d_net.requires_grad_(True)
+        chunks = _split(outputs, x.shape[0])
+        real_out, fake_out = chunks[0], chunks[1]
+        if self.d_in_target_frame:
+            return real_out, fake_out, fake_out
+        return real_out, fake_out, chunks[2] if len(chunks) > 2 else None
+
+    def _g_step(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        y_hat: torch.Tensor,
+        frame: _TargetFrame,
+        stats: dict,
+    ) -> torch.Tensor:
+        """G's (and a learnt R's) loss: reconstruction in the target's frame, D's verdict,
+        feature matching and R's smoothness; back-propagated into G and R."""
         real_out = fake_out = fm_out = None
         if self.D is not None:
-            # The GAN term judges what D was trained on: G's own output (position-free), or
-            # with model.D.frame: target the warped output. Feature matching is a position-wise
-            # L1 between D's feature maps of the target and of the image in the target's frame
-            # (warp(G(x)) with R on): against the unwarped output it would pull G towards
-            # reproducing the target's misalignment.
-            if self.d_in_target_frame:
-                # a learnt R's field is detached here: R registers, it does not learn to fool D
-                judged_g = warp(y_hat, field.detach()) if self.r_learnt else pred
-                images = [y, judged_g]
-            else:
-                images = [y, y_hat]
-                if self.R is not None and self.cfg.loss.feat_match_weight > 0:
-                    images.append(pred)
-            d_net = unwrap_model(self.D)
-            d_net.requires_grad_(False)
-            try:
-                cond_g = torch.cat([x] * len(images)) if self.d_conditional else None
-                with self._autocast():
-                    outputs = d_net(torch.cat(images), cond_g)
-                chunks = _split(outputs, n)
-                real_out, fake_out = chunks[0], chunks[1]
-                fm_out = chunks[2] if len(chunks) > 2 else None
-                if self.d_in_target_frame:
-                    fm_out = fake_out
-            finally:
-                d_net.requires_grad_(True)
+            real_out, fake_out, fm_out = self._d_view(x, y, y_hat, frame)
         weighted, raw, d_view = self.g_loss.weighted_terms(
-            pred,
+            frame.pred,
             y,
-            pred_mask,
+            frame.mask,
             fake_outputs=fake_out,
             real_outputs=real_out,
             fm_outputs=fm_out,
-            field=field if self.r_learnt else None,  # a fitted field is not G's to smooth
+            field=frame.field if self.r_learnt else None,  # a fitted field is not G's to smooth
         )
         every = self.cfg.logging.gshare_every
         if every and self.global_step % every == 0:
             stats.update(gradient_shares(weighted, y_hat))
-        g_total, g_parts = self.g_loss.summarise(weighted, raw, d_view)
-        self.scaler.scale(g_total).backward()
-        for key in ("D_real", "D_fake", "total"):  # D's view comes from the D step; total=loss_G
-            g_parts.pop(key, None)
-        stats.update(g_parts)
-        stats["loss_G"] = g_total.detach()
+        total, parts = self.g_loss.summarise(weighted, raw, d_view)
+        self.scaler.scale(total).backward()
+        for key in ("D_real", "D_fake", "total"):  # D's view is logged by the D step; loss_G
+            parts.pop(key, None)
+        stats.update(parts)
+        stats["loss_G"] = total.detach()
         stats.update(self._clip("G"))
         if self.r_learnt:
             stats.update(self._clip("R"))
+        return total
 
-        # The step's only host sync: skip the update when anything is non-finite.
+    def _apply_step(
+        self, g_total: torch.Tensor, d_total: torch.Tensor | None, stats: dict
+    ) -> dict[str, torch.Tensor]:
+        """Step every optimiser, the EMA and the schedules; skip a step that is not finite.
+
+        The step's only host sync is the finiteness check. A skipped step's numbers are not
+        finite, so they stay out of the epoch's means (an empty dict is returned).
+        """
         checks = [g_total.detach()] + ([d_total.detach()] if d_total is not None else [])
         if not self.scaler.is_enabled():  # fp16's scaler handles inf gradients itself
             checks += [v for k, v in stats.items() if k.startswith("grad_norm_")]
@@ -528,7 +586,7 @@ class Trainer:
                     f"max_nonfinite_steps={self.cfg.train.max_nonfinite_steps}); stopping. "
                     "Lower the learning rates, check the data for NaNs, or use amp: off."
                 )
-            stats = {}  # a skipped step's numbers are not finite: keep them out of the means
+            stats = {}
         self.scaler.update()
         with warnings.catch_warnings():
             # a skipped first step trips torch's "scheduler before optimizer" warning; the
