@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from medi2i.config import Config
 from medi2i.data.dataset import build_dataset
@@ -44,7 +43,9 @@ from medi2i.inference.loading import LoadedGenerator
 from medi2i.inference.predictor import Predictor
 from medi2i.metrics import blur_effect, compute_metrics, reference_key
 from medi2i.utils.atomic import atomic_path, atomic_write_text
+from medi2i.utils.formatting import significant
 from medi2i.utils.jsonsafe import json_safe
+from medi2i.utils.progress import Progress
 from medi2i.viz import make_grid, save_rgb_png
 
 log = logging.getLogger(__name__)
@@ -253,31 +254,32 @@ def evaluate_split(
     reference = "target"
     predict_seconds = 0.0
     not_finite: list[str] = []
-    for index in tqdm(range(len(dataset)), desc=f"evaluate {split}", disable=not progress):
-        item = dataset[index]
-        reference = reference_key(item)
-        x = item["input"][None]
-        ref = item[reference][None]
-        mask = item["mask"][None]
-        tic = time.perf_counter()
-        pred = predictor.predict_normalised(x).cpu()
-        predict_seconds += time.perf_counter() - tic
-        if not bool(torch.isfinite(pred).all()):
-            not_finite.append(str(item["name"]))
-            continue
-        for method, image in (("model", pred), ("identity", x)):
-            with torch.no_grad():
-                values = _floats(
-                    compute_metrics(image, ref, data_range=data_range, mask=mask, input=x)
-                )
-            values["blur_effect"] = float(blur_effect(image[0, 0].numpy()))
-            rows.append({"name": item["name"], "method": method, **values})
-        if worst_k > 0:
-            score = rows[-2][WORST_BY]
-            key = score if math.isfinite(score) else math.inf
-            worst.append((key, item["name"], {"input": x, "pred": pred, "ref": ref}))
-            worst.sort(key=lambda entry: entry[0])
-            del worst[worst_k:]
+    with Progress(len(dataset), desc=f"evaluate {split}", enabled=progress) as bar:
+        for index in bar.iterate(range(len(dataset))):
+            item = dataset[index]
+            reference = reference_key(item)
+            x = item["input"][None]
+            ref = item[reference][None]
+            mask = item["mask"][None]
+            tic = time.perf_counter()
+            pred = predictor.predict_normalised(x).cpu()
+            predict_seconds += time.perf_counter() - tic
+            if not bool(torch.isfinite(pred).all()):
+                not_finite.append(str(item["name"]))
+                continue
+            for method, image in (("model", pred), ("identity", x)):
+                with torch.no_grad():
+                    values = _floats(
+                        compute_metrics(image, ref, data_range=data_range, mask=mask, input=x)
+                    )
+                values["blur_effect"] = float(blur_effect(image[0, 0].numpy()))
+                rows.append({"name": item["name"], "method": method, **values})
+            if worst_k > 0:
+                score = rows[-2][WORST_BY]
+                key = score if math.isfinite(score) else math.inf
+                worst.append((key, item["name"], {"input": x, "pred": pred, "ref": ref}))
+                worst.sort(key=lambda entry: entry[0])
+                del worst[worst_k:]
 
     if not_finite:
         shown = ", ".join(not_finite[:5]) + (" ..." if len(not_finite) > 5 else "")
@@ -341,7 +343,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writeheader()
         for row in rows:
             writer.writerow(
-                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+                {k: (significant(v, 6) if isinstance(v, float) else v) for k, v in row.items()}
             )
 
 
@@ -371,15 +373,11 @@ def _worst_cases_png(
 # --------------------------------------------------------------------------------------------
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4g}"
-
-
 def _cell(stats: dict[str, Any] | None, signed: bool = False) -> str:
     if not stats or stats.get("mean") is None:
         return "n/a"
-    mean = f"{stats['mean']:+.4g}" if signed else _fmt(stats["mean"])
-    return f"{mean} [{_fmt(stats['ci_low'])}, {_fmt(stats['ci_high'])}]"
+    mean = significant(stats["mean"], 4, signed=signed)
+    return f"{mean} [{significant(stats['ci_low'], 4)}, {significant(stats['ci_high'], 4)}]"
 
 
 def format_table(summary: dict[str, Any]) -> str:
