@@ -45,6 +45,7 @@ from medi2i.inference.loading import LoadedGenerator
 from medi2i.inference.predictor import Predictor
 from medi2i.inference.scoring import METHODS, METRIC_COLUMNS, WORST_BY, score_split
 from medi2i.utils.atomic import atomic_path, atomic_write_text
+from medi2i.utils.formatting import significant
 from medi2i.utils.jsonsafe import json_safe
 from medi2i.viz import make_grid, save_rgb_png
 
@@ -281,7 +282,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writeheader()
         for row in rows:
             writer.writerow(
-                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+                {k: (significant(v, 6) if isinstance(v, float) else v) for k, v in row.items()}
             )
 
 
@@ -311,15 +312,11 @@ def _worst_cases_png(
 # --------------------------------------------------------------------------------------------
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4g}"
-
-
 def _cell(stats: dict[str, Any] | None, signed: bool = False) -> str:
     if not stats or stats.get("mean") is None:
         return "n/a"
-    mean = f"{stats['mean']:+.4g}" if signed else _fmt(stats["mean"])
-    return f"{mean} [{_fmt(stats['ci_low'])}, {_fmt(stats['ci_high'])}]"
+    mean = significant(stats["mean"], 4, signed=signed)
+    return f"{mean} [{significant(stats['ci_low'], 4)}, {significant(stats['ci_high'], 4)}]"
 
 
 def format_table(summary: dict[str, Any]) -> str:

@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from medi2i.inference.predictor import Predictor
 from medi2i.metrics import blur_effect, compute_metrics, reference_key
+from medi2i.utils.progress import Progress
 
 __all__ = ["METHODS", "METRIC_COLUMNS", "WORST_BY", "SplitScores", "score_split"]
 
@@ -129,31 +129,32 @@ def score_split(
     reference = "target"
     predict_seconds = 0.0
     not_finite: list[str] = []
-    for index in tqdm(range(len(dataset)), desc=f"evaluate {split}", disable=not progress):
-        item = dataset[index]
-        reference = reference_key(item)
-        x = item["input"][None]
-        ref = item[reference][None]
-        mask = item["mask"][None]
-        tic = time.perf_counter()
-        pred = predictor.predict_normalised(x).cpu()
-        predict_seconds += time.perf_counter() - tic
-        if not bool(torch.isfinite(pred).all()):
-            not_finite.append(str(item["name"]))
-            continue
-        for method, image in (("model", pred), ("identity", x)):
-            with torch.no_grad():
-                values = _floats(
-                    compute_metrics(image, ref, data_range=data_range, mask=mask, input=x)
-                )
-            values["blur_effect"] = float(blur_effect(image[0, 0].numpy()))
-            rows.append({"name": item["name"], "method": method, **values})
-        if worst_k > 0:
-            score = rows[-2][WORST_BY]
-            key = score if math.isfinite(score) else math.inf
-            worst.append((key, item["name"], {"input": x, "pred": pred, "ref": ref}))
-            worst.sort(key=lambda entry: entry[0])
-            del worst[worst_k:]
+    with Progress(len(dataset), desc=f"evaluate {split}", enabled=progress) as bar:
+        for index in bar.iterate(range(len(dataset))):
+            item = dataset[index]
+            reference = reference_key(item)
+            x = item["input"][None]
+            ref = item[reference][None]
+            mask = item["mask"][None]
+            tic = time.perf_counter()
+            pred = predictor.predict_normalised(x).cpu()
+            predict_seconds += time.perf_counter() - tic
+            if not bool(torch.isfinite(pred).all()):
+                not_finite.append(str(item["name"]))
+                continue
+            for method, image in (("model", pred), ("identity", x)):
+                with torch.no_grad():
+                    values = _floats(
+                        compute_metrics(image, ref, data_range=data_range, mask=mask, input=x)
+                    )
+                values["blur_effect"] = float(blur_effect(image[0, 0].numpy()))
+                rows.append({"name": item["name"], "method": method, **values})
+            if worst_k > 0:
+                score = rows[-2][WORST_BY]
+                key = score if math.isfinite(score) else math.inf
+                worst.append((key, item["name"], {"input": x, "pred": pred, "ref": ref}))
+                worst.sort(key=lambda entry: entry[0])
+                del worst[worst_k:]
     if not_finite:
         shown = ", ".join(not_finite[:5]) + (" ..." if len(not_finite) > 5 else "")
         raise ValueError(

@@ -22,6 +22,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from medi2i.utils.formatting import significant
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -110,10 +112,6 @@ def _is_db(key: str) -> bool:
     return "psnr" in key.lower()
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.4g}"
-
-
 def find_jumps(
     epochs: Sequence[int] | Iterable[int],
     values: Sequence[float] | Iterable[float],
@@ -180,6 +178,7 @@ def find_jumps(
             else:
                 bad = best > 0 and value > rise_factor * best
             if bad and not jumped:
+                shown, best_shown = significant(value, 4), significant(best, 4)
                 if higher_is_better:
                     how = (
                         f"{best - value:.1f} dB below"
@@ -187,13 +186,13 @@ def find_jumps(
                         else f"{(best - value) / best:.0%} below"
                     )
                     message = (
-                        f"{key} fell to {_fmt(value)} at epoch {epoch}, {how} its best so far "
-                        f"({_fmt(best)} at epoch {best_epoch})"
+                        f"{key} fell to {shown} at epoch {epoch}, {how} its best so far "
+                        f"({best_shown} at epoch {best_epoch})"
                     )
                 else:
                     message = (
-                        f"{key} rose to {_fmt(value)} at epoch {epoch}, {value / best:.2g}x its "
-                        f"best so far ({_fmt(best)} at epoch {best_epoch})"
+                        f"{key} rose to {shown} at epoch {epoch}, {value / best:.2g}x its "
+                        f"best so far ({best_shown} at epoch {best_epoch})"
                     )
                 jumps.append(Jump(epoch, key, best, value, message))
                 log.debug("instability: %s", message)

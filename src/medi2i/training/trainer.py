@@ -101,13 +101,6 @@ from medi2i.run.checkpoint import (
 from medi2i.run.layout import RunLayout
 from medi2i.run.stability import FALLBACK_KEYS, INSTABILITY_KEYS, find_instabilities
 from medi2i.training.device import autocast, batch_tensor
-from medi2i.training.diagnostics import (
-    ProgressBar,
-    RunLogger,
-    RunningMeans,
-    epoch_summary_line,
-    sample_grid,
-)
 from medi2i.training.distributed import (
     DistContext,
     barrier,
@@ -116,11 +109,17 @@ from medi2i.training.distributed import (
     unwrap_model,
 )
 from medi2i.training.ema import EMA, resolve_warmup_steps
+from medi2i.training.epoch_line import epoch_summary_line
+from medi2i.training.run_logger import RunLogger
+from medi2i.training.running_means import RunningMeans
 from medi2i.training.sampler import EpochSampler
+from medi2i.training.samples import sample_grid
 from medi2i.training.schedules import build_scheduler
 from medi2i.training.state import capture_rng_state, load_pretrained_generator, restore_rng_state
 from medi2i.training.validation import EvalResult, evaluate_generator
 from medi2i.utils.atomic import atomic_write_text
+from medi2i.utils.formatting import compact
+from medi2i.utils.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -614,10 +613,13 @@ class Trainer:
         """Train the rest of the current epoch; returns the epoch's mean diagnostics."""
         cfg = self.cfg
         epoch_means, window = RunningMeans(), RunningMeans()
-        bar = ProgressBar(
+        bar = Progress(
             self.steps_per_epoch - self.step_in_epoch,
             desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}",
+            unit="step",
             enabled=self.ctx.is_main and cfg.logging.progress,
+            terminal_only=True,
+            leave=False,
         )
         window_start, window_images = time.perf_counter(), 0
         for net in self._nets().values():
@@ -637,7 +639,7 @@ class Trainer:
                     scalars.update(self._learning_rates())
                     scalars["images_per_s"] = window_images / max(now - window_start, 1e-9)
                     self.logger.log_step(self.global_step, self.epoch, scalars)
-                    bar.update(1, loss_G=scalars.get("loss_G", float("nan")))
+                    bar.update(1, loss_G=compact(scalars.get("loss_G", float("nan"))))
                     window.reset()
                     window_start, window_images = now, 0
                 every = cfg.train.save_every_steps

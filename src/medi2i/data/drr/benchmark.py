@@ -64,6 +64,8 @@ from medi2i.data.drr.volume import (
 )
 from medi2i.data.io import write_png
 from medi2i.utils.atomic import atomic_write_text
+from medi2i.utils.formatting import significant
+from medi2i.utils.progress import Progress
 from medi2i.viz import make_grid, overlay_mask, save_rgb_png
 
 logger = logging.getLogger(__name__)
@@ -183,45 +185,6 @@ def _preview(samples: list[dict[str, Any]]) -> np.ndarray:
     return make_grid(rows, pad=2, labels=labels)
 
 
-class _Progress:
-    """tqdm bar when asked (and installed) plus an INFO log line every 10%."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.done = total, 0
-        self.step = max(1, total // 10)
-        self.start = time.perf_counter()
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, unit="pair", desc="DRR benchmark")
-            except ImportError:
-                logger.debug("tqdm is not installed: progress goes to the log only")
-
-    def update(self) -> None:
-        self.done += 1
-        if self.bar is not None:
-            self.bar.update(1)
-        if self.done % self.step == 0 or self.done == self.total:
-            elapsed = time.perf_counter() - self.start
-            logger.info(
-                "%d/%d pairs (%.1f s, %.1f pairs/s)",
-                self.done,
-                self.total,
-                elapsed,
-                self.done / max(elapsed, 1e-9),
-            )
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _fmt(value: float) -> str:
-    return f"{value:.6g}"
-
-
 def _worker_count(settings: DRRSettings) -> int:
     if settings.workers > 0:
         return min(settings.workers, settings.count)
@@ -249,11 +212,11 @@ class _SampleWriter:
         write_png(self.out / rel["mask"], sample["mask"].astype(np.uint8) * np.uint8(255))
         stats = sample["disp_stats"]
         row = {"split": split, **{k: rel[k] for k in ("input", "target", "mask", "aligned")}}
-        row.update({k: _fmt(v) for k, v in sample["pose"].as_dict().items()})
-        row["disp_max_px"] = _fmt(stats["max_px"])
-        row["disp_mean_px"] = _fmt(stats["mean_px"])
-        row["disp_p95_px"] = _fmt(stats["p95_px"])
-        row["lung_fraction"] = _fmt(float(sample["mask"].mean()))
+        row.update({k: significant(v, 6) for k, v in sample["pose"].as_dict().items()})
+        row["disp_max_px"] = significant(stats["max_px"], 6)
+        row["disp_mean_px"] = significant(stats["mean_px"], 6)
+        row["disp_p95_px"] = significant(stats["p95_px"], 6)
+        row["lung_fraction"] = significant(float(sample["mask"].mean()), 6)
         if not keep:
             return row, None
         return row, {k: sample[k] for k in ("input", "target", "aligned", "mask")}
@@ -263,7 +226,7 @@ def _consume(
     results: Iterator[tuple[dict[str, str], dict[str, Any] | None]],
     rows: list[dict[str, str]],
     preview: list[dict[str, Any]],
-    ticker: _Progress,
+    ticker: Progress,
 ) -> None:
     for row, sample in results:
         rows.append(row)
@@ -330,7 +293,9 @@ def generate_benchmark(
     writer = _SampleWriter(out, settings, window, volume, width)
     rows: list[dict[str, str]] = []
     preview: list[dict[str, Any]] = []
-    ticker = _Progress(settings.count, progress)
+    ticker = Progress(
+        settings.count, desc="DRR benchmark", unit="pair", enabled=progress, log=logger
+    )
     try:
         if workers == 1:
             _consume(map(writer, tasks), rows, preview, ticker)
