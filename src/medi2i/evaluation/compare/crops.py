@@ -5,7 +5,9 @@ varied crops from the first rendered run's validation images (:func:`pick_crops`
 :class:`~medi2i.evaluation.plots.CropPanel` per crop: input | each run's output | reference, with
 ``|output - reference|`` and the LoG detail (the HFEN filter), PSNR and HFEN computed on the crop.
 Every image is in [0, 1] display units. A run that cannot be rendered gets an empty column and a
-note, never an exception. :func:`_run_generator` is the only place that runs a generator.
+note, never an exception. Each run's EMA generator runs through a
+:class:`~medi2i.inference.predictor.Predictor` on the whole image, as ``medi2i predict`` and
+``medi2i evaluate`` run it (:func:`_run_generator` is the only place that calls it).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from scipy.ndimage import gaussian_laplace
 
 from medi2i.evaluation.plots import CropColumn, CropPanel, legend_label
@@ -109,11 +110,9 @@ def _unit(normalizer: Any, tensor: Any) -> np.ndarray:
 
 
 def _run_generator(gen: Any, item: dict[str, Any], device: str) -> np.ndarray:
-    """A loaded generator on one dataset item: its whole-image output, (H, W) in [0, 1]."""
-    x = item["input"][None].to(device)
-    with torch.no_grad():
-        out = gen.generator(x).float()
-    return _unit(gen.normalizer, out[0])
+    """A run's predictor on one dataset item: its whole-image output, (H, W) in [0, 1]."""
+    out = gen.predict_normalised(item["input"][None].to(device))
+    return _unit(gen.normalizer, out[0].cpu())
 
 
 def _load_runs(
@@ -125,6 +124,7 @@ def _load_runs(
     """
     from medi2i.data.dataset import build_dataset
     from medi2i.inference.loading import load_generator
+    from medi2i.inference.predictor import Predictor
 
     notes: list[str] = []
     loaded: dict[str, tuple[Any, Any]] = {}
@@ -134,8 +134,11 @@ def _load_runs(
             notes.append(f"{run.name}: no checkpoint, not rendered")
             continue
         try:
-            gen = load_generator(run.path, weights="ema", device=device)
-            cfg = resolve_data_paths(gen.config, run.path, data_root)
+            # dataset items are already normalised: the raw-image intensity check does not apply
+            gen = Predictor(
+                load_generator(run.path, weights="ema", device=device), intensity_check="off"
+            )
+            cfg = resolve_data_paths(gen.loaded.config, run.path, data_root)
             key = json.dumps(
                 [cfg.data.model_dump(mode="json"), gen.normalizer.state_dict()],
                 sort_keys=True,
