@@ -179,6 +179,7 @@ def test_zero_misalignment_gives_identical_target(ct_settings: DRRSettings) -> N
 
 
 @needs_ct
+@pytest.mark.slow
 def test_noise_changes_input_only_and_elastic_changes_anatomy(ct_settings: DRRSettings) -> None:
     rng_args = (0, "train", 5)
     plain = render_pair(ct_settings, sample_rng(*rng_args))
@@ -209,6 +210,7 @@ def test_projection_integrates_path_length(ct_settings: DRRSettings) -> None:
 
 
 @needs_ct
+@pytest.mark.slow
 def test_projection_is_exact_for_any_ray_block_depth(ct_settings: DRRSettings) -> None:
     # Without rotation the volume is averaged over deeper blocks along the rays; for rays along
     # the AP axis the line integrals do not change.
@@ -286,6 +288,7 @@ def test_splits_are_disjoint(bench) -> None:
 
 
 @needs_ct
+@pytest.mark.slow
 def test_generation_is_byte_identical(tmp_path: Path, ct_settings: DRRSettings) -> None:
     settings = dataclasses.replace(ct_settings, size=32, count=3, preview_count=1)
     generate_benchmark(tmp_path / "a", settings)

@@ -34,9 +34,9 @@ import typing
 from collections.abc import Sequence
 from pathlib import Path
 
-from medi2i import __version__
 from medi2i.run.layout import RunLayout
 from medi2i.utils.log import setup_logging
+from medi2i.utils.version import __version__
 
 log = logging.getLogger("medi2i.cli")
 

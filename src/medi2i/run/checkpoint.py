@@ -52,9 +52,9 @@ from typing import Any
 
 import torch
 
-from medi2i import __version__
 from medi2i.run.layout import RunLayout
 from medi2i.utils.atomic import atomic_path
+from medi2i.utils.version import __version__
 
 logger = logging.getLogger(__name__)
 

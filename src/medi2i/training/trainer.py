@@ -72,7 +72,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
-from medi2i import __version__
 from medi2i.config import Config, config_to_dict, save_config
 from medi2i.data.dataset import (
     MissingSplitError,
@@ -120,6 +119,7 @@ from medi2i.training.validation import EvalResult, evaluate_generator
 from medi2i.utils.atomic import atomic_write_text
 from medi2i.utils.formatting import compact
 from medi2i.utils.progress import Progress
+from medi2i.utils.version import __version__
 
 log = logging.getLogger(__name__)
 

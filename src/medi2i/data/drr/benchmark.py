@@ -66,6 +66,7 @@ from medi2i.data.io import write_png
 from medi2i.utils.atomic import atomic_write_text
 from medi2i.utils.formatting import significant
 from medi2i.utils.progress import Progress
+from medi2i.utils.version import __version__
 from medi2i.viz import make_grid, overlay_mask, save_rgb_png
 
 logger = logging.getLogger(__name__)
@@ -255,8 +256,6 @@ def generate_benchmark(
         ValueError: for invalid settings or an output folder that must not be written.
         FileNotFoundError: if the CT data cannot be found.
     """
-    import medi2i
-
     settings.validate()
     out = Path(out_dir)
     ct_file, labels_file = locate_ct_data(settings.ct_path, settings.labels_path)
@@ -332,7 +331,7 @@ def generate_benchmark(
         "format": BENCHMARK_FORMAT,
         "format_version": 1,
         "status": "complete",
-        "medi2i_version": medi2i.__version__,
+        "medi2i_version": __version__,
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "settings": dataclasses.asdict(settings),
         "counts": counts,

@@ -57,7 +57,7 @@ class PerImageMetrics:
 
 
 def _cache_key(checkpoint: Path, data_root: str | Path | None) -> dict[str, Any]:
-    from medi2i import __version__
+    from medi2i.utils.version import __version__
 
     stat = checkpoint.stat()
     return {
