@@ -1,6 +1,7 @@
 """Reading the evidence from a run: means of its logged series over the last epochs, its
 validation metrics, its setup (pairs, R, D conditioning), its loss jumps and how its config
-differs from another run's."""
+differs from another run's; the pieces the rules share (the ``no_d`` decision of a rule about
+D, a suggested ``medi2i train`` command as an argv list)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from medi2i.evaluation.diagnose.report import NOT_APPLICABLE, Decision
 from medi2i.evaluation.runs import RunRecord, finite_or_none
 from medi2i.run.stability import find_instabilities
 
@@ -119,3 +121,15 @@ def _config_differences(
 
 def _names(runs: Sequence[RunRecord]) -> str:
     return ", ".join(r.name for r in runs)
+
+
+def _without_d(rule: str, run: RunRecord) -> Decision | None:
+    """The ``no_d`` decision of a rule about D for a run without D, else None."""
+    if run.has_D:
+        return None
+    return Decision(rule, NOT_APPLICABLE, "no_d", detail={"mode": run.mode})
+
+
+def _train_argv(config: str, overrides: Sequence[str], out: str) -> list[str]:
+    """``medi2i train --config CONFIG OVERRIDES... --out OUT`` as an argument list."""
+    return ["medi2i", "train", "--config", config, *overrides, "--out", out]
