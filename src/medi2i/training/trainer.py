@@ -73,16 +73,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 from medi2i.config import Config, config_to_dict, save_config
-from medi2i.data.dataset import (
-    MissingSplitError,
-    PairedImageDataset,
-    build_dataloader,
-    build_dataset,
-    build_normalizer,
-    resolve_pairs,
-)
+from medi2i.data.builders import build_dataloader, build_dataset, build_normalizer, resolve_pairs
+from medi2i.data.dataset import PairedImageDataset
 from medi2i.data.intensity import IntensityProfile
 from medi2i.data.normalization import Normalizer
+from medi2i.data.pairs import MissingSplitError
 from medi2i.inference.loading import LoadedGenerator
 from medi2i.inference.predictor import Predictor
 from medi2i.inference.scoring import score_split
