@@ -1025,7 +1025,7 @@ def crops_figure(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from medi2i.data.dataset import build_dataset
+    from medi2i.data.builders import build_dataset
     from medi2i.inference import Predictor, load_generator
     from medi2i.metrics import reference_key
 

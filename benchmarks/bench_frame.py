@@ -59,7 +59,7 @@ def _epe(field: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> float:
 def score_run(run_dir: Path, *, split: str, data: Path | None, limit: int | None) -> dict:
     """Score one G+R run on a split of its DRR benchmark (see the module docstring)."""
     from medi2i.config import Config
-    from medi2i.data.dataset import build_dataset
+    from medi2i.data.builders import build_dataset
     from medi2i.data.drr import target_displacement
     from medi2i.inference import load_generator
     from medi2i.models.registration import build_registration, warp

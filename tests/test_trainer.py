@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from medi2i.config import load_config
-from medi2i.data.dataset import build_dataloader, build_dataset
+from medi2i.data.builders import build_dataloader, build_dataset
 from medi2i.evaluation.evaluate import evaluate_split
 from medi2i.evaluation.runs import load_run
 from medi2i.inference import load_generator

@@ -147,7 +147,7 @@ def _cmd_data_drr(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_check(args: argparse.Namespace) -> int:
-    from medi2i.data.dataset import SPLITS, DatasetError
+    from medi2i.data.pairs import SPLITS, DatasetError
     from medi2i.evaluation.dataset_report import dataset_report, format_dataset_report
 
     overrides = list(args.overrides)
@@ -208,7 +208,7 @@ def _cmd_model_summary(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from medi2i.data.dataset import DatasetError
+    from medi2i.data.pairs import DatasetError
     from medi2i.training.trainer import TrainingError, train
 
     try:
@@ -292,7 +292,7 @@ def _run_ablations(run_dirs: Sequence[str]) -> list[str]:
 
     An ablation directory that already holds a finished run (``summary.json``) is reused.
     """
-    from medi2i.data.dataset import DatasetError
+    from medi2i.data.pairs import DatasetError
     from medi2i.evaluation.diagnose import ablation_plans
     from medi2i.evaluation.runs import load_run
     from medi2i.training.trainer import TrainingError, train
@@ -348,7 +348,7 @@ def _predictor(args: argparse.Namespace):
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from medi2i.data.dataset import DatasetError
+    from medi2i.data.pairs import DatasetError
     from medi2i.evaluation.evaluate import evaluate_split, format_table
 
     predictor = _predictor(args)

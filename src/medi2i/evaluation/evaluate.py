@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from medi2i.config import Config
-from medi2i.data.dataset import build_dataset
+from medi2i.data.builders import build_dataset
 from medi2i.inference.loading import LoadedGenerator
 from medi2i.inference.predictor import Predictor
 from medi2i.inference.scoring import METHODS, METRIC_COLUMNS, WORST_BY, score_split
@@ -203,7 +203,7 @@ def evaluate_split(
         The summary (as written to ``summary.json``).
 
     Raises:
-        medi2i.data.dataset.DatasetError: the split cannot be read.
+        medi2i.data.pairs.DatasetError: the split cannot be read.
         ValueError: bad arguments, or the model's output is not finite on some image.
     """
     if not isinstance(predictor, Predictor):

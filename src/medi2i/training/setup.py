@@ -21,16 +21,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 from medi2i.config import Config
-from medi2i.data.dataset import (
-    MissingSplitError,
-    PairedImageDataset,
-    build_dataloader,
-    build_dataset,
-    build_normalizer,
-    resolve_pairs,
-)
+from medi2i.data.builders import build_dataloader, build_dataset, build_normalizer, resolve_pairs
+from medi2i.data.dataset import PairedImageDataset
 from medi2i.data.intensity import IntensityProfile
 from medi2i.data.normalization import Normalizer
+from medi2i.data.pairs import MissingSplitError
 from medi2i.losses import DiscriminatorLoss, GeneratorLoss
 from medi2i.models import build_discriminator, build_generator, build_registration
 from medi2i.models.discriminator import resolve_d_conditional

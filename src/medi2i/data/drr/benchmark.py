@@ -4,7 +4,7 @@ Samples are rendered by :func:`medi2i.data.drr.render.render_pair` from their ow
 in worker threads (each running torch single-threaded) or in the calling thread; the output is
 the same either way. PNGs are uint16 ``round(v * 65535)`` (:func:`to_uint16`), masks uint8 0/255.
 
-Output layout (read by :mod:`medi2i.data.dataset`)::
+Output layout (read by :mod:`medi2i.data.pairs`)::
 
     OUT/{train,val,test}/{input,target,aligned,mask}/NNNNN.png
     OUT/manifest.csv      split,input,target,mask,aligned,<pose and displacement columns>

@@ -122,7 +122,7 @@ def _load_runs(
 
     Runs with the same data settings and normaliser share one dataset.
     """
-    from medi2i.data.dataset import build_dataset
+    from medi2i.data.builders import build_dataset
     from medi2i.inference.loading import load_generator
     from medi2i.inference.predictor import Predictor
 

@@ -130,7 +130,7 @@ def evaluate_val_per_image(
     Raises:
         FileNotFoundError: the run has no checkpoint.
         ValueError: unreadable checkpoint.
-        medi2i.data.dataset.DatasetError: the validation split cannot be read.
+        medi2i.data.pairs.DatasetError: the validation split cannot be read.
     """
     from medi2i.evaluation.evaluate import evaluate_split
     from medi2i.inference.loading import load_generator, resolve_checkpoint
