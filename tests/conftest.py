@@ -3,6 +3,8 @@
 * ``slow``-marked tests (end-to-end runs of several seconds each) are deselected by a plain
   ``pytest`` (``addopts`` in pyproject.toml), so the development loop stays fast;
   ``bash scripts/test.sh`` - the README's test command, which CI runs - selects everything.
+* :func:`dataset_root` is one small synthetic paired dataset (8/3/3 train/val/test pairs of
+  32x32 chest-like images with lung masks) shared by every test file that trains tiny runs.
 * :func:`chromium` finds a headless Chromium the way the README installs it (the Debian package
   ``chromium``, or any ``chromium``/``chromium-browser``/``google-chrome`` on ``PATH``;
   ``MEDI2I_CHROMIUM`` names another executable) and skips the test, saying how to install one,
@@ -15,7 +17,10 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from tinydata import write_pairs
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
@@ -42,3 +47,10 @@ def chromium() -> Path:
             "MEDI2I_CHROMIUM to the executable"
         )
     return found
+
+
+@pytest.fixture(scope="session")
+def dataset_root(tmp_path_factory) -> Path:
+    """A tiny paired dataset in the folder layout (read-only for the tests that use it)."""
+    root = tmp_path_factory.mktemp("pairs")
+    return write_pairs(root, {"train": 8, "val": 3, "test": 3}, np.random.default_rng(0))

@@ -20,15 +20,9 @@ from medi2i.evaluation.compare import compare_runs
 from medi2i.evaluation.compare.crops import densest_window, pick_crops
 from medi2i.evaluation.runs import load_run, resolve_data_paths
 from medi2i.training.trainer import train
-from tinydata import tiny_config, write_pairs
+from tinydata import tiny_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def dataset_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pairs")
-    return write_pairs(root, {"train": 4, "val": 3, "test": 2}, np.random.default_rng(0))
 
 
 def _tiny_cfg(root: Path, *overrides: str):

@@ -25,13 +25,7 @@ from medi2i.run.layout import RunLayout
 from medi2i.training.distributed import DistContext
 from medi2i.training.trainer import Trainer, TrainingError, train
 from medi2i.training.validation import evaluate_generator
-from tinydata import TINY_NETS, tiny_config, write_pairs
-
-
-@pytest.fixture(scope="module")
-def dataset_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pairs")
-    return write_pairs(root, {"train": 8, "val": 3, "test": 3}, np.random.default_rng(0))
+from tinydata import TINY_NETS, tiny_config
 
 
 def tiny_cfg(root: Path, *overrides: str):
