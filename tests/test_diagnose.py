@@ -46,7 +46,7 @@ from medi2i.evaluation.diagnose.rules import (
 )
 from medi2i.evaluation.diagnose.weights import _rule_blurry
 from medi2i.evaluation.diagnose.wording import _TEXTS, word
-from medi2i.evaluation.runs import load_run
+from medi2i.evaluation.runs import MissingScalarError, load_run
 
 # --------------------------------------------------------------------------------------------
 # synthetic run directories
@@ -510,7 +510,8 @@ def test_stable_runs_and_unlogged_runs(tmp_path):
     healthy = [_epoch(e, train_loss_G=1.0 / e, val_psnr_mask=25 + e) for e in range(1, 6)]
     f = diagnose_run(write_run(tmp_path / "ok", epochs=healthy)).finding("unstable_training")
     assert not f.triggered and f.applicable
-    bare = write_run(tmp_path / "bare", epochs=[{"epoch": 1, "lr_G": 1e-3}], best_epoch=1)
+    # a G-only run: with D on, a log without D's keys is refused (require_series)
+    bare = write_run(tmp_path / "bare", d=False, epochs=[{"epoch": 1, "lr_G": 1e-3}], best_epoch=1)
     assert not diagnose_run(bare).finding("unstable_training").applicable
 
 
@@ -1179,6 +1180,43 @@ def test_d_clipping_decisions(tmp_path):
     assert _status_case(decision) == (NOT_EVALUATED, "not_logged")
     off = _record(tmp_path, "off", epochs=unlogged, config={"optim": {"grad_clip": None}})
     assert _status_case(_rule_d_clipping(off, 3)) == (NOT_EVALUATED, "clipping_off")
+
+
+def test_rules_refuse_a_log_without_a_key_they_need(tmp_path, capsys):
+    def without(key: str, epochs: list[dict]) -> list[dict]:
+        return [{k: v for k, v in row.items() if k != key} for row in epochs]
+
+    # D was on, so its outputs were logged: a log without them (a renamed key) is refused
+    run = write_run(tmp_path / "renamed", epochs=without("train_D_real", _epoch_rows(3)))
+    with pytest.raises(MissingScalarError, match=r"epochs\.jsonl has the key 'train_D_real'"):
+        diagnose_run(run)
+    assert main(["diagnose", str(run), "--no-eval"]) == 2
+    assert "renamed" in capsys.readouterr().err
+    # D was clipped (optim.grad_clip 5): its clip rate was logged
+    unclipped = without("train_clip_rate_D", _epoch_rows(3))
+    with pytest.raises(MissingScalarError, match="'train_clip_rate_D'"):
+        _rule_d_clipping(_record(tmp_path, "clipped", epochs=unclipped), 3)
+    off = _record(tmp_path, "off", epochs=unclipped, config={"optim": {"grad_clip": None}})
+    assert _status_case(_rule_d_clipping(off, 3)) == (NOT_EVALUATED, "clipping_off")
+    # gradient shares: needed when measured, legitimately absent with logging.gshare_every 0
+    blurry = [_epoch(e, val_sharpness_mask=0.85) for e in range(1, 4)]
+    measured = write_run(
+        tmp_path / "measured", epochs=blurry, config={"logging": {"gshare_every": 10}}
+    )
+    with pytest.raises(MissingScalarError, match="'train_gshare_gan'"):
+        diagnose_run(measured)
+    unmeasured = write_run(
+        tmp_path / "unmeasured", epochs=blurry, config={"logging": {"gshare_every": 0}}
+    )
+    f = diagnose_run(unmeasured).finding("blurry_loss_weights")
+    assert f.triggered and "gan_weight_for_aim" not in f.evidence["weights"]
+    # a G-only run needs none of D's keys
+    g = write_run(tmp_path / "g", d=False, epochs=[_epoch(e, d=False) for e in range(1, 4)])
+    assert not diagnose_run(g).finding("d_ineffective").applicable
+
+
+def _epoch_rows(n: int) -> list[dict]:
+    return [_epoch(e) for e in range(1, n + 1)]
 
 
 def test_still_improving_decisions(tmp_path):

@@ -22,8 +22,8 @@ LAYERS: dict[str, int] = {
     "data": 2,
     "models": 2,
     "metrics": 2,
+    "run": 2,
     "losses": 3,
-    "run": 3,
     "inference": 4,
     "training": 5,
     "evaluation": 5,
@@ -77,6 +77,15 @@ def test_imports_point_down(path):
         elif LAYERS[top] >= LAYERS[own]:
             wrong.append(f"medi2i.{top} (layer {LAYERS[top]}; {own} is layer {LAYERS[own]})")
     assert not wrong, f"{path.relative_to(PACKAGE)} imports against the layers: {wrong}"
+
+
+def test_run_imports_only_utils():
+    # the run directory's contract (paths, checkpoint format, logged names) sits below losses,
+    # which name their parts with it: it must not grow roots of its own
+    tops = set()
+    for path in sorted((PACKAGE / "run").rglob("*.py")):
+        tops |= _imported_tops(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
+    assert tops <= {"run", "utils"}, f"medi2i.run imports {sorted(tops - {'run', 'utils'})}"
 
 
 def test_the_check_sees_function_level_and_root_imports():

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from medi2i.run.scalars import EPOCH, LOSS_G, train_key, val_key, weighted_key
 from medi2i.utils.formatting import significant
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ __all__ = [
     "LOSS_RISE_FACTOR",
     "METRIC_REL_DROP",
     "PSNR_DROP_DB",
+    "WATCHED_KEYS",
     "Jump",
     "find_instabilities",
     "find_jumps",
@@ -64,8 +66,8 @@ under 1% of their value (SSIM moves in the third decimal between epochs), so a 1
 order of magnitude beyond it."""
 
 INSTABILITY_KEYS: tuple[tuple[str, bool], ...] = (
-    ("train_w_recon", False),
-    ("val_psnr_mask", True),
+    (train_key(weighted_key("recon")), False),
+    (val_key("psnr_mask"), True),
 )
 """The epoch-log keys :func:`find_instabilities` watches, with ``higher_is_better``: G's
 weighted reconstruction loss and validation lung PSNR.
@@ -77,11 +79,18 @@ must not jump in any mode.
 """
 
 FALLBACK_KEYS: dict[str, str] = {
-    "train_w_recon": "train_loss_G",
-    "val_psnr_mask": "val_psnr",
+    train_key(weighted_key("recon")): train_key(LOSS_G),
+    val_key("psnr_mask"): val_key("psnr"),
 }
 """Stand-ins when a log has no value for a watched key: G's whole loss for a log without the
 reconstruction part, whole-image PSNR for a run without a mask."""
+
+WATCHED_KEYS: tuple[str, ...] = (
+    *(key for key, _ in INSTABILITY_KEYS),
+    *(FALLBACK_KEYS[key] for key, _ in INSTABILITY_KEYS if key in FALLBACK_KEYS),
+)
+"""Every epoch-log key :func:`find_instabilities` may read: the watched keys, then their
+stand-ins."""
 
 
 @dataclass(frozen=True)
@@ -217,13 +226,13 @@ def find_instabilities(
     Returns:
         The jumps of every key, in epoch order (empty when no key is logged).
     """
-    rows = [r for r in rows if r.get("epoch") is not None]
+    rows = [r for r in rows if r.get(EPOCH) is not None]
     jumps: list[Jump] = []
     for key, higher in keys:
         name = key
         if not any(_finite(r.get(name)) for r in rows) and key in FALLBACK_KEYS:
             name = FALLBACK_KEYS[key]
-        series = [(r["epoch"], r[name]) for r in rows if _finite(r.get(name))]
+        series = [(r[EPOCH], r[name]) for r in rows if _finite(r.get(name))]
         if not series:
             continue
         xs, ys = zip(*series)

@@ -4,7 +4,8 @@ The trainer prints the line and logs it at INFO after every epoch.
 
 Rules: numbers go through :func:`medi2i.utils.formatting.compact` (fixed width, so the lines of
 successive epochs line up); shares and clip rates are whole percent; a key that is missing is
-left out of the line, never shown as a placeholder.
+left out of the line, never shown as a placeholder; keys are the logged names of
+:mod:`medi2i.run.scalars` (plus ``best_metric``, the name of the best metric).
 """
 
 from __future__ import annotations
@@ -13,7 +14,22 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from medi2i.losses import PART_NAMES
+from medi2i.run.scalars import (
+    BEST_EPOCH,
+    BEST_VALUE,
+    D_ACC,
+    D_FAKE,
+    D_REAL,
+    IMAGES_PER_S,
+    LOSS_G,
+    NETWORKS,
+    PART_NAMES,
+    clip_rate_key,
+    grad_norm_key,
+    gshare_key,
+    share_key,
+    val_key,
+)
 from medi2i.utils.formatting import compact
 
 __all__ = ["epoch_summary_line"]
@@ -71,42 +87,42 @@ def epoch_summary_line(
     parts = [f"epoch {epoch}/{epochs}"]
 
     timing = _duration(seconds)
-    if "images_per_s" in s:
-        timing += f" {compact(s['images_per_s'])} img/s"
+    if IMAGES_PER_S in s:
+        timing += f" {compact(s[IMAGES_PER_S])} img/s"
     parts.append(timing)
 
     # What drives G is each term's gradient on G's output (gshare_*), not its share of the
     # loss value (share_*): a GAN term at chance holds a large, nearly constant value while
     # pulling little. The value shares are shown only when no gradient share was measured.
-    kind = "gshare" if any(f"gshare_{n}" in s for n in PART_NAMES) else "share"
+    measured = any(gshare_key(n) in s for n in PART_NAMES)
+    key, label = (gshare_key, "grad ") if measured else (share_key, "value ")
     shares = [
-        f"{name} {_pct(s[f'{kind}_{name}'])}"
+        f"{name} {_pct(s[key(name)])}"
         for name in PART_NAMES
-        if f"{kind}_{name}" in s and _is_nonzero(s[f"{kind}_{name}"])
+        if key(name) in s and _is_nonzero(s[key(name)])
     ]
-    if "loss_G" in s or shares:
-        g = f"G {compact(s['loss_G'])}" if "loss_G" in s else "G"
-        label = "grad " if kind == "gshare" else "value "
+    if LOSS_G in s or shares:
+        g = f"G {compact(s[LOSS_G])}" if LOSS_G in s else "G"
         parts.append(f"{g} ({label}{' '.join(shares)})" if shares else g)
 
-    d = [f"{key} {compact(s[key])}" for key in ("D_real", "D_fake") if key in s]
-    if "D_acc" in s:
-        d.append(f"acc {compact(s['D_acc'])}")
+    d = [f"{name} {compact(s[name])}" for name in (D_REAL, D_FAKE) if name in s]
+    if D_ACC in s:
+        d.append(f"acc {compact(s[D_ACC])}")
     if d:
         parts.append(" ".join(d))
 
     grads = []
-    for net in ("G", "R", "D"):
-        if f"grad_norm_{net}" in s:
-            grads.append(f"grad{net} {compact(s[f'grad_norm_{net}'])}")
-        if f"clip_rate_{net}" in s:
-            grads.append(f"clip{net} {_pct(s[f'clip_rate_{net}'], scale=100.0)}")
+    for net in NETWORKS:
+        if grad_norm_key(net) in s:
+            grads.append(f"grad{net} {compact(s[grad_norm_key(net)])}")
+        if clip_rate_key(net) in s:
+            grads.append(f"clip{net} {_pct(s[clip_rate_key(net)], scale=100.0)}")
     if grads:
         parts.append(" ".join(grads))
 
     val = []
     for metric in ("psnr", "ssim"):
-        whole, lung = s.get(f"val_{metric}"), s.get(f"val_{metric}_mask")
+        whole, lung = s.get(val_key(metric)), s.get(val_key(f"{metric}_mask"))
         if whole is not None and lung is not None:
             val.append(f"{metric} {compact(whole)} (lung {compact(lung)})")
         elif whole is not None:
@@ -116,10 +132,10 @@ def epoch_summary_line(
     if val:
         parts.append("val " + " ".join(val))
 
-    if "best_value" in s:
-        best = f"best {s.get('best_metric', 'metric')} {compact(s['best_value'])}"
-        if "best_epoch" in s:
-            best += f"@{_int_or_num(s['best_epoch'])}"
+    if BEST_VALUE in s:
+        best = f"best {s.get('best_metric', 'metric')} {compact(s[BEST_VALUE])}"
+        if BEST_EPOCH in s:
+            best += f"@{_int_or_num(s[BEST_EPOCH])}"
         parts.append(best)
     return " | ".join(parts)
 

@@ -1,11 +1,9 @@
 """The run's metric files and TensorBoard events (:class:`RunLogger`).
 
-What the trainer logs (names produced by :mod:`medi2i.losses`):
-``D_real`` / ``D_fake`` (mean D output on real / fake), ``D_acc``, the weighted parts of G's loss
-``w_recon``, ``w_gan``, ``w_fm``, ``w_smooth`` and their shares ``share_*`` (percent), gradient
-norms before clipping ``grad_norm_{G,R,D}`` and clip rates ``clip_rate_{G,R,D}`` (fraction of
-steps where clipping fired, in ``[0, 1]``), learning rates, EMA decay, images/s, and validation
-metrics ``val_*``.
+What the trainer logs, and the names, are told in :mod:`medi2i.run.scalars`: the step
+scalars (D's outputs and accuracy, the parts of G's loss and their shares, gradient norms and
+clip rates, learning rates, EMA decay, images/s), their epoch means ``train_*`` and the
+validation metrics ``val_*``. The logger adds the row keys (``step``, ``epoch``, ``time``).
 
 :class:`RunLogger` writes ``metrics/steps.jsonl``, ``metrics/epochs.jsonl``,
 ``metrics/epochs.csv`` and TensorBoard events (``tensorboard/``) in the run directory, at the
@@ -34,6 +32,7 @@ import numpy as np
 from torch import Tensor
 
 from medi2i.run.layout import RunLayout
+from medi2i.run.scalars import EPOCH, STEP, TIME, train_name, val_name
 from medi2i.utils.atomic import atomic_write_text
 from medi2i.utils.jsonsafe import json_safe
 from medi2i.viz import save_rgb_png
@@ -42,8 +41,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["RunLogger"]
 
-_RESERVED_STEP_KEYS = frozenset({"step", "epoch", "time"})
-_RESERVED_EPOCH_KEYS = frozenset({"epoch", "time"})
+_RESERVED_STEP_KEYS = frozenset({STEP, EPOCH, TIME})
+_RESERVED_EPOCH_KEYS = frozenset({EPOCH, TIME})
 _tb_warned = False
 
 
@@ -66,9 +65,9 @@ def _csv_value(value: Any) -> Any:
 
 def _epoch_tag(key: str) -> str:
     """TensorBoard tag of an epoch scalar: ``val_x -> val/x``, ``train_x -> train/x``."""
-    for prefix in ("val", "train"):
-        if key.startswith(prefix + "_") and len(key) > len(prefix) + 1:
-            return f"{prefix}/{key[len(prefix) + 1 :]}"
+    for group, name in (("val", val_name(key)), ("train", train_name(key))):
+        if name:
+            return f"{group}/{name}"
     return f"epoch/{key}"
 
 
@@ -167,7 +166,7 @@ class RunLogger:
             except json.JSONDecodeError:
                 logger.warning("%s: dropping an unreadable line (torn write?)", self.steps_path)
                 continue
-            step = record.get("step") if isinstance(record, dict) else None
+            step = record.get(STEP) if isinstance(record, dict) else None
             if purge_step is None or (isinstance(step, int) and step < purge_step):
                 kept.append(line)
         atomic_write_text(self.steps_path, "".join(line + "\n" for line in kept))
@@ -210,7 +209,7 @@ class RunLogger:
         clash = _RESERVED_STEP_KEYS.intersection(scalars)
         if clash:
             raise ValueError(f"log_step: reserved key(s) {sorted(clash)} in scalars")
-        record: dict[str, Any] = {"step": int(step), "epoch": int(epoch), "time": time.time()}
+        record: dict[str, Any] = {STEP: int(step), EPOCH: int(epoch), TIME: time.time()}
         record.update({k: json_safe(v) for k, v in scalars.items()})
         assert self._steps_file is not None
         self._steps_file.write(json.dumps(record, allow_nan=False) + "\n")
@@ -239,12 +238,10 @@ class RunLogger:
         clash = _RESERVED_EPOCH_KEYS.intersection(scalars)
         if clash:
             raise ValueError(f"log_epoch: reserved key(s) {sorted(clash)} in scalars")
-        row: dict[str, Any] = {"epoch": int(epoch), "time": time.time()}
+        row: dict[str, Any] = {EPOCH: int(epoch), TIME: time.time()}
         row.update({k: json_safe(v) for k, v in scalars.items()})
         self._epoch_rows = [
-            r
-            for r in self._epoch_rows
-            if not (isinstance(r.get("epoch"), int) and r["epoch"] >= epoch)
+            r for r in self._epoch_rows if not (isinstance(r.get(EPOCH), int) and r[EPOCH] >= epoch)
         ]
         self._epoch_rows.append(row)
         self._write_epoch_files()

@@ -34,6 +34,8 @@ either optimiser steps), so one finite-check covers the whole step. D's real and
 go through D in one call (spectral normalisation's power iteration then uses the same weights
 for both). In the G step D's parameters are frozen and D is called unwrapped, so its gradients
 are never touched there - which also keeps DDP's gradient reduction for D in the D step only.
+
+The diagnostics a step returns carry the logged names of :mod:`medi2i.run.scalars`.
 """
 
 from __future__ import annotations
@@ -46,6 +48,19 @@ import torch
 
 from medi2i.losses import gradient_shares
 from medi2i.models.registration import warp
+from medi2i.run.scalars import (
+    D_FAKE,
+    D_REAL,
+    EMA_DECAY,
+    FIELD_MAX_PX,
+    FIELD_SYSTEMATIC_PX,
+    LOSS_D,
+    LOSS_G,
+    NETWORKS,
+    clip_cut_key,
+    clip_rate_key,
+    grad_norm_key,
+)
 from medi2i.training.device import autocast, batch_tensor
 from medi2i.training.distributed import unwrap_model
 
@@ -104,12 +119,12 @@ class TrainStep:
         limit = self._clip_limit(name)
         norm = torch.nn.utils.clip_grad_norm_(params, limit if limit else float("inf"))
         norm = norm.detach()
-        out = {f"grad_norm_{name}": norm}
+        out = {grad_norm_key(name): norm}
         if limit:
             fired = norm > limit
-            out[f"clip_rate_{name}"] = fired.float()
+            out[clip_rate_key(name)] = fired.float()
             # fraction of the gradient's length removed by clipping ("clip cut 80%")
-            out[f"clip_cut_{name}"] = torch.where(fired, 1.0 - limit / norm, 0.0)
+            out[clip_cut_key(name)] = torch.where(fired, 1.0 - limit / norm, 0.0)
         return out
 
     def _to_device(self, batch: dict, key: str) -> torch.Tensor:
@@ -160,8 +175,8 @@ class TrainStep:
         if self.r_centring is not None:
             # a displacement common to the data is G's to fix, not R's to absorb
             field = self.r_centring(field)
-            stats["field_systematic_px"] = self.r_centring.estimate()[:, 0].norm()
-        stats["field_max_px"] = field.detach().norm(dim=1).amax()
+            stats[FIELD_SYSTEMATIC_PX] = self.r_centring.estimate()[:, 0].norm()
+        stats[FIELD_MAX_PX] = field.detach().norm(dim=1).amax()
         return _TargetFrame(warp(y_hat, field), warp(mask, field.detach()), field)
 
     def _d_step(
@@ -188,7 +203,7 @@ class TrainStep:
         self.scaler.scale(total).backward()
         parts.pop("total")  # logged as loss_D
         stats.update(parts)
-        stats["loss_D"] = total.detach()
+        stats[LOSS_D] = total.detach()
         stats.update(self._clip("D"))
         return total
 
@@ -252,10 +267,10 @@ class TrainStep:
             stats.update(gradient_shares(weighted, y_hat))
         total, parts = self.g_loss.summarise(weighted, raw, d_view)
         self.scaler.scale(total).backward()
-        for key in ("D_real", "D_fake", "total"):  # D's view is logged by the D step; loss_G
+        for key in (D_REAL, D_FAKE, "total"):  # D's view is logged by the D step; loss_G
             parts.pop(key, None)
         stats.update(parts)
-        stats["loss_G"] = total.detach()
+        stats[LOSS_G] = total.detach()
         stats.update(self._clip("G"))
         if self.r_learnt:
             stats.update(self._clip("R"))
@@ -271,13 +286,14 @@ class TrainStep:
         """
         checks = [g_total.detach()] + ([d_total.detach()] if d_total is not None else [])
         if not self.scaler.is_enabled():  # fp16's scaler handles inf gradients itself
-            checks += [v for k, v in stats.items() if k.startswith("grad_norm_")]
+            norms = {grad_norm_key(net) for net in NETWORKS}
+            checks += [v for k, v in stats.items() if k in norms]
         finite = bool(torch.isfinite(torch.stack([c.float() for c in checks])).all())
         if finite:
             for opt in self.optimizers.values():
                 self.scaler.step(opt)
             decay = self.ema.update(unwrap_model(self.G), self.global_step)
-            stats["ema_decay"] = torch.tensor(decay)
+            stats[EMA_DECAY] = torch.tensor(decay)
             self.nonfinite_in_row = 0
         else:
             self.skipped_steps += 1

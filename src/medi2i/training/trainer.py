@@ -49,7 +49,20 @@ from medi2i.run.checkpoint import (
     save_checkpoint,
 )
 from medi2i.run.layout import RunLayout
-from medi2i.run.stability import FALLBACK_KEYS, INSTABILITY_KEYS, find_instabilities
+from medi2i.run.scalars import (
+    BEST_EPOCH,
+    BEST_VALUE,
+    EPOCH,
+    EPOCH_SECONDS,
+    IMAGES_PER_S,
+    LOSS_G,
+    SKIPPED_STEPS,
+    lr_key,
+    train_key,
+    train_name,
+    val_key,
+)
+from medi2i.run.stability import WATCHED_KEYS, find_instabilities
 from medi2i.training.distributed import (
     DistContext,
     barrier,
@@ -197,7 +210,7 @@ class Trainer(TrainStep):
         return iter(self.train_loader)
 
     def _learning_rates(self) -> dict[str, float]:
-        return {f"lr_{name}": s.get_last_lr()[0] for name, s in self.schedulers.items()}
+        return {lr_key(name): s.get_last_lr()[0] for name, s in self.schedulers.items()}
 
     def train_epoch(self) -> dict[str, float]:
         """Train the rest of the current epoch; returns the epoch's mean diagnostics."""
@@ -227,9 +240,9 @@ class Trainer(TrainStep):
                     now = time.perf_counter()
                     scalars = window.means()
                     scalars.update(self._learning_rates())
-                    scalars["images_per_s"] = window_images / max(now - window_start, 1e-9)
+                    scalars[IMAGES_PER_S] = window_images / max(now - window_start, 1e-9)
                     self.logger.log_step(self.global_step, self.epoch, scalars)
-                    bar.update(1, loss_G=compact(scalars.get("loss_G", float("nan"))))
+                    bar.update(1, loss_G=compact(scalars.get(LOSS_G, float("nan"))))
                     window.reset()
                     window_start, window_images = now, 0
                 every = cfg.train.save_every_steps
@@ -277,15 +290,15 @@ class Trainer(TrainStep):
             while self.epoch < tc.epochs:
                 start = time.perf_counter()
                 train_stats = self.train_epoch()
-                scalars = {f"train_{k}": v for k, v in train_stats.items()}
+                scalars = {train_key(k): v for k, v in train_stats.items()}
                 scalars.update(self._learning_rates())
-                scalars["skipped_steps"] = float(self.skipped_steps)
+                scalars[SKIPPED_STEPS] = float(self.skipped_steps)
                 is_best = False
                 last = self.epoch + 1 == tc.epochs
                 if (self.epoch + 1) % tc.val_every == 0 or last:
                     result = self.validate()
                     if result is not None:
-                        scalars.update({f"val_{k}": v for k, v in result.metrics.items()})
+                        scalars.update({val_key(k): v for k, v in result.metrics.items()})
                         key = cfg.eval.best_metric
                         if key not in result.metrics:
                             raise ValueError(
@@ -302,9 +315,10 @@ class Trainer(TrainStep):
                 self.epoch += 1
                 self.step_in_epoch = 0
                 if self.best["value"] is not None:
-                    scalars.update(best_value=self.best["value"], best_epoch=self.best["epoch"])
-                scalars["epoch_seconds"] = seconds
-                scalars["images_per_s"] = (
+                    scalars[BEST_VALUE] = self.best["value"]
+                    scalars[BEST_EPOCH] = self.best["epoch"]
+                scalars[EPOCH_SECONDS] = seconds
+                scalars[IMAGES_PER_S] = (
                     self.steps_per_epoch * cfg.data.batch_size * self.ctx.world_size / seconds
                 )
                 self.logger.log_epoch(self.epoch, scalars)
@@ -315,9 +329,9 @@ class Trainer(TrainStep):
                         tc.epochs,
                         {
                             **{
-                                k[len("train_") :]: v
+                                name: v
                                 for k, v in scalars.items()
-                                if k.startswith("train_")
+                                if (name := train_name(k)) is not None
                             },
                             **scalars,
                             "best_metric": cfg.eval.best_metric,
@@ -342,9 +356,7 @@ class Trainer(TrainStep):
         a best checkpoint from before the break and could pass for a fair ablation arm; it says
         so itself, in the log, on the console and in ``summary.json`` (``instabilities``).
         """
-        keys = [key for key, _ in INSTABILITY_KEYS]
-        keys += [FALLBACK_KEYS[k] for k in keys if k in FALLBACK_KEYS]
-        row = {"epoch": self.epoch, **{k: float(scalars[k]) for k in keys if k in scalars}}
+        row = {EPOCH: self.epoch, **{k: float(scalars[k]) for k in WATCHED_KEYS if k in scalars}}
         self.history.append(row)
         for jump in find_instabilities(self.history):
             if jump.epoch != self.epoch:

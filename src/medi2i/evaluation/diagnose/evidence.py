@@ -13,7 +13,8 @@ import numpy as np
 
 from medi2i.evaluation.diagnose.report import NOT_APPLICABLE, Decision
 from medi2i.evaluation.runs import RunRecord, finite_or_none
-from medi2i.run.stability import find_instabilities
+from medi2i.run.scalars import EPOCH
+from medi2i.run.stability import WATCHED_KEYS, find_instabilities
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:
@@ -26,7 +27,7 @@ def _round(value: float | None, digits: int = 4) -> float | None:
 
 def _last_rows(run: RunRecord, n: int) -> list[dict]:
     """The last ``n`` epoch rows (fewer when the run is shorter)."""
-    rows = sorted(run.epochs, key=lambda r: r.get("epoch", 0))
+    rows = sorted(run.epochs, key=lambda r: r.get(EPOCH, 0))
     return rows[-n:] if n > 0 else rows
 
 
@@ -74,8 +75,7 @@ def _instabilities(run: RunRecord) -> tuple[list[dict[str, Any]] | None, str]:
     recorded = run.instabilities
     if recorded is not None:
         return recorded, "summary.json"
-    keys = ("train_w_recon", "train_loss_G", "val_psnr_mask", "val_psnr")
-    if not any(run.has_key(k) for k in keys):
+    if not any(run.has_key(k) for k in WATCHED_KEYS):
         return None, "not logged (no instabilities in summary.json, no loss or PSNR in the log)"
     return [j.to_dict() for j in find_instabilities(run.epochs)], "epoch log"
 

@@ -19,11 +19,13 @@ from medi2i.evaluation.diagnose.report import (
 )
 from medi2i.evaluation.diagnose.thresholds import RULE_STILL_IMPROVING, SLOPE_DB_PER_EPOCH
 from medi2i.evaluation.runs import RunRecord, finite_or_none
+from medi2i.run.scalars import val_key
 
 
 def _progress(run: RunRecord, n: int) -> dict[str, Any]:
     """Slope of validation lung PSNR over the last ``n`` epochs and whether best == last."""
-    key = "val_psnr_mask" if run.has_key("val_psnr_mask") else "val_psnr"
+    lung = val_key("psnr_mask")
+    key = lung if run.has_key(lung) else val_key("psnr")
     x, y = run.series(key)
     ok = np.isfinite(y)
     x, y = x[ok], y[ok]

@@ -4,7 +4,11 @@ clipping.
 
 Each rule is a pure function of the run records that returns a
 :class:`~medi2i.evaluation.diagnose.report.Decision`: a status, the case that decided it and the
-evidence, with no sentences; :mod:`~medi2i.evaluation.diagnose.wording` words it. The other
+evidence, with no sentences; :mod:`~medi2i.evaluation.diagnose.wording` words it. Logged keys
+come from :mod:`medi2i.run.scalars`; a key the run must have logged (D's outputs in a run with
+D, D's clip rate when D was clipped) is read with
+:meth:`~medi2i.evaluation.runs.RunRecord.require_series`, so that a log without it is an error
+naming the key, not a finding "not logged". The other
 rules live with what they need: ``ablation`` in :mod:`~medi2i.evaluation.diagnose.ablation`,
 ``blurry_loss_weights`` in :mod:`~medi2i.evaluation.diagnose.weights`, ``still_improving`` in
 :mod:`~medi2i.evaluation.diagnose.progress`.
@@ -43,6 +47,20 @@ from medi2i.evaluation.diagnose.thresholds import (
     RULE_UNSTABLE,
 )
 from medi2i.evaluation.runs import RunRecord, finite_or_none
+from medi2i.run.scalars import (
+    D_ACC,
+    D_FAKE,
+    D_REAL,
+    EPOCH,
+    SKIPPED_STEPS,
+    VAL_PREFIX,
+    clip_cut_key,
+    clip_rate_key,
+    grad_norm_key,
+    scale_indices,
+    scale_key,
+    train_key,
+)
 
 # --------------------------------------------------------------------------------------------
 # divergence: read first, because every other rule describes a working run
@@ -52,12 +70,12 @@ from medi2i.evaluation.runs import RunRecord, finite_or_none
 def _rule_diverged(run: RunRecord) -> Decision:
     skipped = finite_or_none(run.summary.get("skipped_steps"))
     if skipped is None and run.epochs:
-        skipped = finite_or_none(run.epochs[-1].get("skipped_steps"))
+        skipped = finite_or_none(run.epochs[-1].get(SKIPPED_STEPS))
     bad_val = [
-        int(row.get("epoch", i + 1))
+        int(row.get(EPOCH, i + 1))
         for i, row in enumerate(run.epochs)
         if any(
-            key.startswith("val_") and isinstance(value, float) and not np.isfinite(value)
+            key.startswith(VAL_PREFIX) and isinstance(value, float) and not np.isfinite(value)
             for key, value in row.items()
         )
     ]
@@ -137,7 +155,7 @@ def _rule_unstable(runs: Sequence[RunRecord], bases: Sequence[RunRecord]) -> Dec
                 facts.update(
                     first_jump_epoch=first,
                     best_before_jump=None if best is None else best < first,
-                    val_dropped=any(str(j.get("key", "")).startswith("val_") for j in jumps),
+                    val_dropped=any(str(j.get("key", "")).startswith(VAL_PREFIX) for j in jumps),
                 )
             arms.append({**facts, **arm})
     detail = {"arms": arms}
@@ -156,17 +174,21 @@ def _rule_unstable(runs: Sequence[RunRecord], bases: Sequence[RunRecord]) -> Dec
 def _rule_d_ineffective(run: RunRecord, n: int, ablation: Decision) -> Decision:
     if (no_d := _without_d(RULE_D_INEFFECTIVE, run)) is not None:
         return no_d
-    real, fake = _mean_last(run, "train_D_real", n), _mean_last(run, "train_D_fake", n)
+    real_key, fake_key = train_key(D_REAL), train_key(D_FAKE)
+    if run.epochs:  # a run with D logs both in every epoch
+        run.require_series(real_key)
+        run.require_series(fake_key)
+    real, fake = _mean_last(run, real_key, n), _mean_last(run, fake_key, n)
     if real is None or fake is None:
         return Decision(RULE_D_INEFFECTIVE, NOT_EVALUATED, "not_logged")
     gaps = [
         abs(r - f)
         for row in _last_rows(run, n)
-        if (r := finite_or_none(row.get("train_D_real"))) is not None
-        and (f := finite_or_none(row.get("train_D_fake"))) is not None
+        if (r := finite_or_none(row.get(real_key))) is not None
+        and (f := finite_or_none(row.get(fake_key))) is not None
     ]
     gap = float(np.mean(gaps))
-    acc = _mean_last(run, "train_D_acc", n)
+    acc = _mean_last(run, train_key(D_ACC), n)
     mode = run.gan_mode
     threshold = D_GAP_THRESHOLDS.get(mode, D_GAP_THRESHOLDS["lsgan"])
     at_chance = acc is None or abs(acc - 0.5) <= ACC_BAND
@@ -179,17 +201,10 @@ def _rule_d_ineffective(run: RunRecord, n: int, ablation: Decision) -> Decision:
         "D_acc": _round(acc),
         "acc_band": [0.5 - ACC_BAND, 0.5 + ACC_BAND],
     }
-    scale_keys = sorted(
-        {
-            k[len("train_D_real_s") :]
-            for row in run.epochs
-            for k in row
-            if k.startswith("train_D_real_s")
-        }
-    )
     per_scale = {}
-    for s in scale_keys:
-        r, f = _mean_last(run, f"train_D_real_s{s}", n), _mean_last(run, f"train_D_fake_s{s}", n)
+    for s in scale_indices((k for row in run.epochs for k in row), real_key):
+        r = _mean_last(run, scale_key(real_key, s), n)
+        f = _mean_last(run, scale_key(fake_key, s), n)
         if r is not None and f is not None:
             per_scale[f"s{s}"] = _round(abs(r - f))
     if per_scale:
@@ -210,14 +225,17 @@ def _rule_d_clipping(run: RunRecord, n: int) -> Decision:
         return no_d
     limit = finite_or_none(run.cfg("optim.D.grad_clip"))
     limit = limit or finite_or_none(run.cfg("optim.grad_clip"))
-    rate = _mean_last(run, "train_clip_rate_D", n)
+    rate_key = train_key(clip_rate_key("D"))
+    if run.epochs and run.config and limit is not None:  # D was clipped: every epoch says so
+        run.require_series(rate_key)
+    rate = _mean_last(run, rate_key, n)
     if rate is None:
         case = "clipping_off" if run.config and limit is None else "not_logged"
         return Decision(RULE_D_CLIPPING, NOT_EVALUATED, case, {"grad_clip_D": limit})
-    cut = _mean_last(run, "train_clip_cut_D", n)
-    norm = _mean_last(run, "train_grad_norm_D", n)
+    cut = _mean_last(run, train_key(clip_cut_key("D")), n)
+    norm = _mean_last(run, train_key(grad_norm_key("D")), n)
     cut_when_fired = cut / rate if cut is not None and rate > 0 else None
-    rate_g = _mean_last(run, "train_clip_rate_G", n)
+    rate_g = _mean_last(run, train_key(clip_rate_key("G")), n)
     r1 = finite_or_none(run.cfg("loss.r1_weight")) or 0.0
     evidence: dict[str, Any] = {
         "clip_rate_D": _round(rate),
@@ -237,7 +255,7 @@ def _rule_d_clipping(run: RunRecord, n: int) -> Decision:
     if rate <= CLIP_RATE_LIMIT:
         return Decision(RULE_D_CLIPPING, NOT_TRIGGERED, "rare", evidence, detail)
     # a limit that would fire on ~10% of steps: D's 90th-percentile gradient norm lately
-    x, y = run.series("grad_norm_D", source="steps")
+    x, y = run.series(grad_norm_key("D"), source="steps")
     last = run.epochs_done
     recent = y[(x > last - n) & np.isfinite(y)] if x.size and run.steps_per_epoch else y[:0]
     if recent.size >= 3:

@@ -32,7 +32,7 @@ from medi2i.evaluation.diagnose.thresholds import (
     SHARPNESS_BLUR,
 )
 from medi2i.evaluation.runs import RunRecord, finite_or_none
-from medi2i.losses import PART_NAMES
+from medi2i.run.scalars import PART_NAMES, gnorm_key, gshare_key, share_key, train_key
 
 
 def _nice(value: float) -> float:
@@ -44,16 +44,24 @@ def _gradient_shares(run: RunRecord, n: int) -> dict[str, Any] | None:
     """Mean gradient shares (percent) and norms of the weighted G-loss terms, or None.
 
     From the epoch log (``train_gshare_*``, ``train_gnorm_*``), else the step log's measured
-    steps (``gshare_*``, ``gnorm_*``) of the last ``n`` epochs.
+    steps (``gshare_*``, ``gnorm_*``) of the last ``n`` epochs. Their absence is legitimate with
+    ``logging.gshare_every: 0`` or without the setting (a run that did not measure them); a run
+    that measured them logs them in its first epoch.
+
+    Raises:
+        MissingScalarError: the run measured gradient shares but its epoch log has none.
     """
-    for source, prefix, mean in (
-        ("epoch log", "train_", _mean_last),
-        ("step log", "", _mean_last_steps),
+    every = finite_or_none(run.cfg("logging.gshare_every"))
+    if run.epochs and every is not None and every > 0:
+        run.require_series(train_key(gshare_key("gan")))
+    for source, key, mean in (
+        ("epoch log", train_key, _mean_last),
+        ("step log", lambda name: name, _mean_last_steps),
     ):
-        shares = {p: mean(run, f"{prefix}gshare_{p}", n) for p in PART_NAMES}
+        shares = {p: mean(run, key(gshare_key(p)), n) for p in PART_NAMES}
         if all(v is None for v in shares.values()):
             continue
-        norms = {p: mean(run, f"{prefix}gnorm_{p}", n) for p in PART_NAMES}
+        norms = {p: mean(run, key(gnorm_key(p)), n) for p in PART_NAMES}
         return {"source": source, "share": shares, "norm": norms}
     return None
 
@@ -81,7 +89,7 @@ def _weight_recommendations(run: RunRecord, n: int) -> tuple[dict[str, Any], dic
     """
     gw = finite_or_none(run.cfg("loss.gan_weight"))
     fw = finite_or_none(run.cfg("loss.feat_match_weight"))
-    value_shares = {p: _round(_mean_last(run, f"train_share_{p}", n), 3) for p in PART_NAMES}
+    value_shares = {p: _round(_mean_last(run, train_key(share_key(p)), n), 3) for p in PART_NAMES}
     evidence: dict[str, Any] = {
         "target_pct": GAN_SHARE_TARGET,
         "gan_weight": gw,
