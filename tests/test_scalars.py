@@ -27,7 +27,7 @@ from medi2i.run.scalars import (
 )
 from medi2i.training.trainer import train
 from medi2i.training.validation import VAL_METRICS
-from tinydata import MODES, tiny_run_config, write_pairs
+from tinydata import MODES, tiny_run_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,12 +45,6 @@ VAL_KEYS = {val_key(f"{m}{suffix}") for m in VAL_METRICS for suffix in ("", "_ma
 
 def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-@pytest.fixture(scope="module")
-def dataset_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pairs")
-    return write_pairs(root, {"train": 6, "val": 2}, np.random.default_rng(0))
 
 
 @pytest.mark.parametrize("mode", list(SETUPS))
