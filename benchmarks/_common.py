@@ -66,7 +66,7 @@ def load_run_split(
         ``(loaded, dataset, data_range)``: the :class:`~medi2i.inference.LoadedGenerator`,
         the split's dataset (no augmentation) and the width of the network's value range.
     """
-    from medi2i.data.dataset import build_dataset
+    from medi2i.data.builders import build_dataset
     from medi2i.inference import load_generator
 
     loaded = load_generator(run, weights=weights, device=device)

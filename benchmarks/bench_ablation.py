@@ -56,9 +56,14 @@ import numpy as np
 from scipy import stats as sps
 
 from _common import machine_info, write_report
+from medi2i.run.scalars import D_ACC, D_FAKE, D_GAP, D_REAL, EPOCH, train_key, val_key
 from medi2i.utils.atomic import atomic_write_text
 
 logger = logging.getLogger("bench_ablation")
+
+#: The epoch-log keys D's diagnostics read (also the keys of the report's per-epoch rows).
+TRAIN_D_REAL, TRAIN_D_FAKE, TRAIN_D_ACC = (train_key(k) for k in (D_REAL, D_FAKE, D_ACC))
+VAL_D_ACC, VAL_D_GAP, VAL_PSNR_MASK = val_key(D_ACC), val_key(D_GAP), val_key("psnr_mask")
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -314,7 +319,7 @@ def arm_summary(runs: dict[int, dict]) -> dict[str, Any]:
         key: t_interval([runs[s]["train"].get(key) for s in seeds])["mean"]
         for key in ("wall_seconds", "seconds_per_step", "steps", "best_epoch")
     }
-    d_keys = ("D_real", "D_fake", "D_gap_abs", "D_acc", "val_D_acc", "val_D_gap")
+    d_keys = (D_REAL, D_FAKE, "D_gap_abs", D_ACC, VAL_D_ACC, VAL_D_GAP)
     d = {key: t_interval([(runs[s].get("d") or {}).get(key) for s in seeds]) for key in d_keys}
     return {"seeds": seeds, "metrics": metrics, "train": train, "d_last_half": d}
 
@@ -530,12 +535,10 @@ def floors(
         "pass": None,
         "note": "reported without a floor: D_gap_abs near 0 and D_acc near 0.5 mean D cannot "
         "tell real from fake (its gradient carries little information)",
-        "D_gap_abs": d.get("D_gap_abs", {}).get("mean"),
-        "D_real": d.get("D_real", {}).get("mean"),
-        "D_fake": d.get("D_fake", {}).get("mean"),
-        "D_acc": d.get("D_acc", {}).get("mean"),
-        "val_D_acc": d.get("val_D_acc", {}).get("mean"),
-        "val_D_gap": d.get("val_D_gap", {}).get("mean"),
+        **{
+            key: d.get(key, {}).get("mean")
+            for key in ("D_gap_abs", D_REAL, D_FAKE, D_ACC, VAL_D_ACC, VAL_D_GAP)
+        },
     }
 
     others = [a for a in arms if a not in ("oracle", "G+R+D")]
@@ -647,37 +650,32 @@ def d_diagnostics(epochs: list[dict]) -> tuple[list[dict], dict[str, float | Non
         ``train_D_real`` logged). ``D_gap_abs`` is the mean over those epochs of
         ``|train_D_real - train_D_fake|``.
     """
+    keys = (TRAIN_D_REAL, TRAIN_D_FAKE, TRAIN_D_ACC, VAL_D_ACC, VAL_D_GAP, VAL_PSNR_MASK)
     per_epoch = [
-        {
-            "epoch": row.get("epoch"),
-            "train_D_real": _float(row.get("train_D_real")),
-            "train_D_fake": _float(row.get("train_D_fake")),
-            "train_D_acc": _float(row.get("train_D_acc")),
-            "val_D_acc": _float(row.get("val_D_acc")),
-            "val_D_gap": _float(row.get("val_D_gap")),
-            "val_psnr_mask": _float(row.get("val_psnr_mask")),
-        }
-        for row in epochs
+        {EPOCH: row.get(EPOCH), **{key: _float(row.get(key)) for key in keys}} for row in epochs
     ]
     tail = per_epoch[len(per_epoch) // 2 :]
-    if not any(r["train_D_real"] is not None for r in tail):
+    if not any(r[TRAIN_D_REAL] is not None for r in tail):
         return per_epoch, None
     gaps = [
-        abs(r["train_D_real"] - r["train_D_fake"])
+        abs(r[TRAIN_D_REAL] - r[TRAIN_D_FAKE])
         for r in tail
-        if r["train_D_real"] is not None and r["train_D_fake"] is not None
+        if r[TRAIN_D_REAL] is not None and r[TRAIN_D_FAKE] is not None
     ]
-    last_half = {
-        "epochs": [r["epoch"] for r in tail],
-        "D_real": t_interval([r["train_D_real"] for r in tail])["mean"],
-        "D_fake": t_interval([r["train_D_fake"] for r in tail])["mean"],
+
+    def mean(key: str) -> float | None:
+        return t_interval([r[key] for r in tail])["mean"]
+
+    return per_epoch, {
+        "epochs": [r[EPOCH] for r in tail],
+        D_REAL: mean(TRAIN_D_REAL),
+        D_FAKE: mean(TRAIN_D_FAKE),
         "D_gap_abs": float(np.mean(gaps)) if gaps else None,
-        "D_acc": t_interval([r["train_D_acc"] for r in tail])["mean"],
+        D_ACC: mean(TRAIN_D_ACC),
         # on held-out validation images: D separating what it never trained on
-        "val_D_acc": t_interval([r["val_D_acc"] for r in tail])["mean"],
-        "val_D_gap": t_interval([r["val_D_gap"] for r in tail])["mean"],
+        VAL_D_ACC: mean(VAL_D_ACC),
+        VAL_D_GAP: mean(VAL_D_GAP),
     }
-    return per_epoch, last_half
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
@@ -1030,9 +1028,9 @@ def crops_figure(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from medi2i.data.dataset import build_dataset
-    from medi2i.evaluation.baseline import reference_key
+    from medi2i.data.builders import build_dataset
     from medi2i.inference import Predictor, load_generator
+    from medi2i.metrics import reference_key
 
     outputs: dict[str, np.ndarray] = {}
     item = normalizer = None
@@ -1248,10 +1246,10 @@ def markdown(report: dict[str, Any]) -> str:
         if name == "D_informative":
             lines.append(
                 f"- **D_informative** (no floor): abs(D_real − D_fake) "
-                f"{_num(floor['D_gap_abs'])}, D_real {_num(floor['D_real'])}, "
-                f"D_fake {_num(floor['D_fake'])}, D_acc {_num(floor['D_acc'])}; on validation "
-                f"images D_acc {_num(floor.get('val_D_acc'))}, D_real − D_fake "
-                f"{_num(floor.get('val_D_gap'))} (G+R+D, last half of training)"
+                f"{_num(floor['D_gap_abs'])}, D_real {_num(floor[D_REAL])}, "
+                f"D_fake {_num(floor[D_FAKE])}, D_acc {_num(floor[D_ACC])}; on validation "
+                f"images D_acc {_num(floor.get(VAL_D_ACC))}, D_real − D_fake "
+                f"{_num(floor.get(VAL_D_GAP))} (G+R+D, last half of training)"
             )
             continue
         lines.append(f"- **{name}**: {verdict[floor['pass']]}")
@@ -1281,12 +1279,12 @@ def markdown(report: dict[str, Any]) -> str:
         )
         curve = ""
         if first and first.get("epochs"):
-            curve = " ".join(_num(e["val_psnr_mask"], 4) for e in first["epochs"])
+            curve = " ".join(_num(e[VAL_PSNR_MASK], 4) for e in first["epochs"])
             curve += f" (seed {first['seed']})"
         lines.append(
-            f"| {arm} | {_num(d['D_real']['mean'])} | {_num(d['D_fake']['mean'])} | "
-            f"{_num(d['D_gap_abs']['mean'])} | {_num(d['D_acc']['mean'])} | "
-            f"{_num(d.get('val_D_acc', {}).get('mean'))} | {curve} |"
+            f"| {arm} | {_num(d[D_REAL]['mean'])} | {_num(d[D_FAKE]['mean'])} | "
+            f"{_num(d['D_gap_abs']['mean'])} | {_num(d[D_ACC]['mean'])} | "
+            f"{_num(d.get(VAL_D_ACC, {}).get('mean'))} | {curve} |"
         )
 
     if report.get("sweep"):

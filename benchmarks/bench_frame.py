@@ -59,11 +59,11 @@ def _epe(field: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> float:
 def score_run(run_dir: Path, *, split: str, data: Path | None, limit: int | None) -> dict:
     """Score one G+R run on a split of its DRR benchmark (see the module docstring)."""
     from medi2i.config import Config
-    from medi2i.data.dataset import build_dataset
+    from medi2i.data.builders import build_dataset
     from medi2i.data.drr import target_displacement
     from medi2i.inference import load_generator
     from medi2i.models.registration import build_registration, warp
-    from medi2i.training.checkpoints import load_checkpoint
+    from medi2i.run.checkpoint import load_checkpoint
 
     loaded = load_generator(run_dir, weights="ema")
     state = load_checkpoint(loaded.checkpoint, map_location="cpu")

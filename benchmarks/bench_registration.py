@@ -42,7 +42,7 @@ def run(
 ) -> dict:
     """Train R alone on (aligned target -> target) pairs; returns the measurements."""
     from medi2i.config import load_config
-    from medi2i.data.dataset import build_dataloader, build_dataset
+    from medi2i.data.builders import build_dataloader, build_dataset
     from medi2i.losses.reconstruction import reconstruction_loss
     from medi2i.losses.regularizers import smoothness_loss
     from medi2i.models import build_registration

@@ -34,10 +34,9 @@ import numpy as np
 import torch
 
 from _common import load_run_split, machine_info, write_report
-from medi2i.evaluation.baseline import reference_key
-from medi2i.evaluation.metrics import compute_metrics
 from medi2i.inference import Predictor
 from medi2i.inference.tiling import DEFAULT_TILE
+from medi2i.metrics import compute_metrics, reference_key
 
 logger = logging.getLogger("bench_tiling")
 

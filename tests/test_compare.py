@@ -16,18 +16,13 @@ import numpy as np
 import pytest
 import yaml
 
-from medi2i.evaluation.compare import _densest_window, _pick_crops, _resolve_data, compare_runs
-from medi2i.evaluation.runs import load_run
+from medi2i.evaluation.compare import compare_runs
+from medi2i.evaluation.compare.crops import densest_window, pick_crops
+from medi2i.evaluation.runs import load_run, resolve_data_paths
 from medi2i.training.trainer import train
-from tinydata import tiny_config, write_pairs
+from tinydata import tiny_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def dataset_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pairs")
-    return write_pairs(root, {"train": 4, "val": 3, "test": 2}, np.random.default_rng(0))
 
 
 def _tiny_cfg(root: Path, *overrides: str):
@@ -182,30 +177,29 @@ def test_compare_rejects_non_runs(tmp_path):
 
 def test_data_root_override_and_fallback(runs, dataset_root, tmp_path, monkeypatch):
     cfg = _tiny_cfg(Path("pairs_moved"))
-    assert _resolve_data(cfg, tmp_path, str(dataset_root)).data.root == str(dataset_root)
+    assert resolve_data_paths(cfg, tmp_path, str(dataset_root)).data.root == str(dataset_root)
     # a relative root not found from the cwd is looked up beside the run directory
     shutil.copytree(dataset_root, tmp_path / "pairs_moved")
     (tmp_path / "run").mkdir()
     monkeypatch.chdir(tmp_path / "run")
-    resolved = _resolve_data(cfg, tmp_path / "run", None).data.root
+    resolved = resolve_data_paths(cfg, tmp_path / "run", None).data.root
     assert Path(resolved).resolve() == (tmp_path / "pairs_moved").resolve()
 
 
 def test_densest_window_finds_the_lung():
     mask = np.zeros((64, 80), bool)
     mask[30:60, 40:72] = True
-    density, top, left = _densest_window(mask, 24)
+    density, top, left = densest_window(mask, 24)
     assert density == 1.0
     assert 30 <= top <= 36 and 40 <= left <= 48
 
 
-@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="no headless Chromium")
-def test_headless_chromium_renders_the_report(report, tmp_path):
+def test_headless_chromium_renders_the_report(report, tmp_path, chromium):
     _, out = report
     shot = tmp_path / "shot.png"
     subprocess.run(
         [
-            "/usr/bin/chromium",
+            str(chromium),
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
@@ -228,9 +222,40 @@ def test_pick_crops_prefers_dense_and_varied_spots():
     mask = np.zeros((64, 96), bool)
     mask[8:56, 4:44] = True  # "right lung"
     mask[8:56, 52:92] = True  # "left lung"
-    picks = _pick_crops([mask, mask.copy()], 3, 32)
+    picks = pick_crops([mask, mask.copy()], 3, 32)
     assert len(picks) == 3
     assert [d for d, *_ in picks[:2]] == [1.0, 1.0] and picks[2][0] >= 0.5
     lefts = sorted(left for *_, left in picks)
     assert lefts[0] < 44 - 32 + 1 and lefts[-1] >= 52  # both lungs shown
     assert {index for _, index, _, _ in picks} == {0, 1}
+
+
+def test_renderers_escape_the_model_text():
+    """The HTML template is autoescaped; Markdown table cells keep to one cell and one line."""
+    from medi2i.evaluation.compare.model import (
+        MetricCell,
+        MetricRow,
+        MetricsTable,
+        ReportFigure,
+        ReportModel,
+        RunEntry,
+    )
+    from medi2i.evaluation.compare.render import render_html, render_markdown
+
+    row = MetricRow("a|b", "G <b>", "test", [MetricCell("1.00", best=True)], "-", "1", "0 s")
+    model = ReportModel(
+        stamp="now",
+        runs=[RunEntry("a|b", "G <b>", "/runs/a")],
+        table=MetricsTable(["run", "setup", "metrics from"], ["PSNR"], ["x", "y", "z"], [row]),
+        diagnoses=[],
+        curves=[ReportFigure("curve", "A <curve>", "caption & more", PNG_MAGIC)],
+        crops=[],
+        notes=["<script>alert(1)</script>"],
+    )
+    html_text = render_html(model)
+    assert "<script" not in html_text and "&lt;script&gt;" in html_text
+    assert "G &lt;b&gt;" in html_text and "caption &amp; more" in html_text
+    assert ET.fromstring(html_text.replace("<!DOCTYPE html>", "", 1)).tag == "html"
+    md = render_markdown(model, "r_files")
+    assert "| a\\|b | G <b> | test | **1.00** | - | 1 | 0 s |" in md
+    assert "![A <curve>](r_files/curve.png)" in md and "No crops could be rendered." in md

@@ -16,16 +16,11 @@ from medi2i.config import (
     NormalizationConfig,
     load_config,
 )
-from medi2i.data.dataset import (
-    DatasetError,
-    PairedImageDataset,
-    build_dataloader,
-    build_dataset,
-    discover_pairs,
-    resolve_pairs,
-)
+from medi2i.data.builders import build_dataloader, build_dataset, resolve_pairs
+from medi2i.data.dataset import PairedImageDataset
 from medi2i.data.io import write_png
 from medi2i.data.normalization import Normalizer
+from medi2i.data.pairs import DatasetError, discover_pairs
 from medi2i.data.transforms import PairedAugment
 
 H, W = 24, 32  # non-square on purpose

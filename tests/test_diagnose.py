@@ -1,6 +1,7 @@
 """The automatic diagnosis: each rule triggers on synthetic run directories that should trigger
 it and stays quiet on those that should not; verdicts rest on validation (never test), on
-confidence intervals and on gradient shares; run-directory reading edge cases; the CLI."""
+confidence intervals and on gradient shares; run-directory reading edge cases; the CLI. The
+rules' decisions (status, case, evidence) are also checked directly, without their wording."""
 
 from __future__ import annotations
 
@@ -17,8 +18,14 @@ import medi2i.evaluation.diagnose.comparison as comparison_mod
 from medi2i.cli import main
 from medi2i.evaluation.diagnose import (
     D_GAP_THRESHOLDS,
+    NOT_APPLICABLE,
+    NOT_EVALUATED,
+    NOT_TRIGGERED,
     RULES,
+    TRIGGERED,
+    Decision,
     Diagnosis,
+    MetricComparison,
     PerImageMetrics,
     ablation_plans,
     ci_verdict,
@@ -27,7 +34,19 @@ from medi2i.evaluation.diagnose import (
     format_diagnosis,
     welch_interval,
 )
-from medi2i.evaluation.runs import load_run
+from medi2i.evaluation.diagnose.ablation import _rule_ablation
+from medi2i.evaluation.diagnose.progress import _rule_still_improving
+from medi2i.evaluation.diagnose.rules import (
+    _rule_conditional_d,
+    _rule_d_clipping,
+    _rule_d_ineffective,
+    _rule_diverged,
+    _rule_misaligned,
+    _rule_unstable,
+)
+from medi2i.evaluation.diagnose.weights import _rule_blurry
+from medi2i.evaluation.diagnose.wording import _TEXTS, word
+from medi2i.evaluation.runs import MissingScalarError, load_run
 
 # --------------------------------------------------------------------------------------------
 # synthetic run directories
@@ -491,7 +510,8 @@ def test_stable_runs_and_unlogged_runs(tmp_path):
     healthy = [_epoch(e, train_loss_G=1.0 / e, val_psnr_mask=25 + e) for e in range(1, 6)]
     f = diagnose_run(write_run(tmp_path / "ok", epochs=healthy)).finding("unstable_training")
     assert not f.triggered and f.applicable
-    bare = write_run(tmp_path / "bare", epochs=[{"epoch": 1, "lr_G": 1e-3}], best_epoch=1)
+    # a G-only run: with D on, a log without D's keys is refused (require_series)
+    bare = write_run(tmp_path / "bare", d=False, epochs=[{"epoch": 1, "lr_G": 1e-3}], best_epoch=1)
     assert not diagnose_run(bare).finding("unstable_training").applicable
 
 
@@ -935,3 +955,301 @@ def test_a_healthy_run_has_not_diverged(tmp_path):
     run = write_run(tmp_path / "ok", summary={"skipped_steps": 0})
     f = diagnose_run(run).finding("diverged")
     assert not f.triggered and f.applicable
+
+
+# --------------------------------------------------------------------------------------------
+# the rules as decisions: status, case and evidence, asserted without reading any wording
+# --------------------------------------------------------------------------------------------
+
+
+def _record(tmp_path: Path, name: str = "run", **kwargs):
+    return load_run(write_run(tmp_path / name, **kwargs))
+
+
+def _no_ablation(tmp_path: Path) -> Decision:
+    """The ablation decision of a G+D run without baseline (what D's rules read from it)."""
+    return _rule_ablation([_record(tmp_path, "gd_alone")], [], None, [])
+
+
+def _comparison(verdict: str) -> dict:
+    psnr = MetricComparison("psnr_mask", True, 31.0, 30.0, 1.0, 0.5, 1.5, 4, "test", verdict)
+    return {"source": "test", "metrics": {"psnr_mask": psnr}, "caveats": [], "evaluated": True}
+
+
+def _status_case(decision: Decision) -> tuple[str, str]:
+    return decision.status, decision.case
+
+
+def test_diverged_decisions(tmp_path):
+    healthy = _rule_diverged(_record(tmp_path, "ok"))
+    assert _status_case(healthy) == (NOT_TRIGGERED, "finite")
+    assert healthy.evidence == {"skipped_steps": None, "non_finite_val_epochs": []}
+    epochs = [_epoch(1), {**_epoch(2), "val_psnr_mask": None}]
+    summary = {"skipped_steps": 7}
+    nan = _rule_diverged(_record(tmp_path, "nan", epochs=epochs, best_epoch=1, summary=summary))
+    assert _status_case(nan) == (TRIGGERED, "non_finite") and nan.triggered and nan.applicable
+    assert nan.evidence == {"skipped_steps": 7.0, "non_finite_val_epochs": [2]}
+    assert nan.detail == {"steps": 20}
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "config.yaml").write_text("seed: 0\n")
+    bare = _rule_diverged(load_run(tmp_path / "bare"))
+    assert _status_case(bare) == (NOT_EVALUATED, "not_logged") and not bare.applicable
+
+
+@pytest.mark.parametrize(
+    ("r", "summary", "config", "expected"),
+    [
+        (False, {}, {}, (NOT_EVALUATED, "unknown")),
+        (False, {"pairs": {"misaligned": False, "reason": "x"}}, {}, (NOT_TRIGGERED, "aligned")),
+        (True, {"pairs": {"misaligned": True, "reason": "x"}}, {}, (NOT_TRIGGERED, "r_on")),
+        (
+            False,
+            {},
+            {"data": {"pairs": "misaligned", "train_target": "aligned"}},
+            (NOT_TRIGGERED, "aligned_targets"),
+        ),
+        (False, {}, {"data": {"misalign": {"max_px": 4.0}}}, (TRIGGERED, "r_off")),
+    ],
+)
+def test_misaligned_decisions(tmp_path, r, summary, config, expected):
+    run = _record(tmp_path, r=r, summary=summary, config=config)
+    decision = _rule_misaligned(run)
+    assert _status_case(decision) == expected
+    assert decision.evidence["R"] is r
+    if expected[0] == TRIGGERED:
+        assert decision.evidence["misaligned"] is True and decision.evidence["source"] == "config"
+        config, out = f"{run.path}/config.yaml", f"{run.path}-R"
+        argv = ["medi2i", "train", "--config", config, "model.R.enabled=true", "--out", out]
+        assert decision.evidence["commands"] == [argv]
+    else:
+        assert "commands" not in decision.evidence
+
+
+_MISALIGNED = {"pairs": {"misaligned": True, "reason": "aligned/ folder"}}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"d": False}, (NOT_APPLICABLE, "no_d")),
+        ({"config": {"model": {"D": {"conditional": "maybe"}}}}, (NOT_EVALUATED, "unknown")),
+        ({"summary": {**_MISALIGNED, "D_conditional": False}}, (NOT_TRIGGERED, "unconditional")),
+        (
+            {
+                "r": True,
+                "summary": {**_MISALIGNED, "D_conditional": True},
+                "config": {"model": {"D": {"frame": "target"}}},
+            },
+            (NOT_TRIGGERED, "target_frame"),
+        ),
+        ({"summary": {"D_conditional": True}}, (NOT_EVALUATED, "pairs_unknown")),
+        (
+            {"summary": {"pairs": {"misaligned": False, "reason": "x"}, "D_conditional": True}},
+            (NOT_TRIGGERED, "aligned"),
+        ),
+        ({"summary": {**_MISALIGNED, "D_conditional": True}}, (TRIGGERED, "misaligned")),
+    ],
+)
+def test_conditional_d_decisions(tmp_path, kwargs, expected):
+    decision = _rule_conditional_d(_record(tmp_path, **kwargs))
+    assert _status_case(decision) == expected
+    if expected[1] != "no_d":
+        assert decision.detail["pairs_reason"] == load_run(tmp_path / "run").pairs["reason"]
+
+
+def test_unstable_decisions(tmp_path):
+    collapsing = _record(tmp_path, "g", d=False, epochs=_collapsing_g_only())
+    decision = _rule_unstable([collapsing], [])
+    assert _status_case(decision) == (TRIGGERED, "unstable")
+    assert decision.evidence["g"]["best_epoch"] == 3
+    arm = decision.detail["arms"][0]
+    assert (arm["first_jump_epoch"], arm["best_before_jump"], arm["val_dropped"]) == (4, True, True)
+    jump = {"epoch": 2, "key": "train_loss_G", "message": "G blew up"}
+    recovered = _record(tmp_path, "gd", summary={"instabilities": [jump]}, best_epoch=4)
+    arm = _rule_unstable([recovered], []).detail["arms"][0]
+    assert (arm["best_before_jump"], arm["val_dropped"], arm["has_D"]) == (False, False, True)
+    healthy = [_epoch(e, train_loss_G=1.0 / e, val_psnr_mask=25 + e) for e in range(1, 6)]
+    bare = _record(tmp_path, "bare", epochs=[{"epoch": 1, "lr_G": 1e-3}], best_epoch=1)
+    stable = _rule_unstable([_record(tmp_path, "ok", epochs=healthy)], [bare])
+    assert _status_case(stable) == (NOT_TRIGGERED, "stable")
+    assert stable.evidence["ok"]["jumps"] == [] and "jumps" not in stable.evidence["bare"]
+    assert _status_case(_rule_unstable([bare], [])) == (NOT_EVALUATED, "not_logged")
+
+
+def test_ablation_decisions(tmp_path):
+    g = _record(tmp_path, "g", d=False)
+    assert _status_case(_rule_ablation([g], [], None, [])) == (NOT_APPLICABLE, "g_only")
+    gd = _record(tmp_path, "gd")
+    missing = _rule_ablation([gd], [], None, [])
+    assert _status_case(missing) == (TRIGGERED, "missing")
+    assert missing.evidence["commands"] == [ablation_plans(gd)[0].argv]
+    assert missing.detail["missing_arms"] == ["D"]
+    better = _rule_ablation([gd], [g], _comparison("better"), [])
+    assert _status_case(better) == (NOT_TRIGGERED, "compared")
+    assert better.evidence["arm"] == "D"
+    assert better.evidence["outcome"] == {"case": "adds", "arm": "D"}
+    assert better.evidence["metrics"]["psnr_mask"]["verdict"] == "better"
+    same = _rule_ablation([gd], [g], _comparison("within noise"), [])
+    assert _status_case(same) == (TRIGGERED, "compared")
+    assert same.evidence["outcome"] == {"case": "no_difference", "arm": "D"}
+    unstable = _rule_ablation([gd], [g], _comparison("better"), ["g"])
+    assert unstable.triggered
+    assert unstable.evidence["caveats"] == [{"case": "unstable_arm", "names": ["g"]}]
+    grd, gr = _record(tmp_path, "grd", r=True), _record(tmp_path, "gr", d=False, r=True)
+    partial = _rule_ablation([grd], [gr], _comparison("better"), [])
+    assert _status_case(partial) == (NOT_TRIGGERED, "compared_missing")
+    assert partial.detail["missing_arms"] == ["R"]
+    nothing = _rule_ablation([gd], [g], None, [])  # a baseline, but no comparison with it
+    assert _status_case(nothing) == (NOT_TRIGGERED, "nothing")
+    assert word(nothing).verdict == "Nothing to compare."
+
+
+def test_d_ineffective_decisions(tmp_path):
+    ablation = _no_ablation(tmp_path)
+    at_chance = [
+        _epoch(e, train_D_real=0.497, train_D_fake=0.4968, train_D_acc=0.5) for e in (1, 2)
+    ]
+    decision = _rule_d_ineffective(_record(tmp_path, "a", epochs=at_chance), 3, ablation)
+    assert _status_case(decision) == (TRIGGERED, "at_chance")
+    assert decision.detail["gap"] == pytest.approx(0.0002)
+    assert decision.evidence["ablation"] is None  # no ablation without D
+    off = [_epoch(e, train_D_real=0.5, train_D_fake=0.49, train_D_acc=0.7) for e in (1, 2)]
+    decision = _rule_d_ineffective(_record(tmp_path, "b", epochs=off), 3, ablation)
+    assert _status_case(decision) == (NOT_TRIGGERED, "acc_off_chance")
+    decision = _rule_d_ineffective(_record(tmp_path, "c"), 3, ablation)
+    assert _status_case(decision) == (NOT_TRIGGERED, "separates")
+    unlogged = [_epoch(e, train_D_real=None) for e in (1, 2)]
+    decision = _rule_d_ineffective(_record(tmp_path, "d", epochs=unlogged), 3, ablation)
+    assert _status_case(decision) == (NOT_EVALUATED, "not_logged")
+    no_d = _rule_d_ineffective(_record(tmp_path, "g", d=False), 3, ablation)
+    assert _status_case(no_d) == (NOT_APPLICABLE, "no_d") and no_d.detail == {"mode": "G"}
+    gd = _record(tmp_path, "gd")
+    compared = _rule_ablation([gd], [_record(tmp_path, "g0", d=False)], _comparison("better"), [])
+    decision = _rule_d_ineffective(gd, 3, compared)
+    assert decision.evidence["ablation"] == {"case": "adds", "arm": "D"}
+
+
+def test_blurry_decisions(tmp_path):
+    ablation = _no_ablation(tmp_path)
+
+    def decide(run, d_ineffective=False, misaligned=False, bases=()):
+        fake = Decision("x", TRIGGERED if d_ineffective else NOT_TRIGGERED, "x")
+        mis = Decision("y", TRIGGERED if misaligned else NOT_TRIGGERED, "y")
+        return _rule_blurry(run, 3, fake, mis, ablation, bases)
+
+    blurry = decide(_record(tmp_path, "blurry", epochs=_gshare_epochs()), d_ineffective=True)
+    assert _status_case(blurry) == (TRIGGERED, "blurry") and blurry.evidence["blurry"] is True
+    assert blurry.detail["blur_signs"] == ["sharpness"] and blurry.detail["d_ineffective"]
+    assert blurry.detail["weights"]["case"] == "recommend"
+    assert blurry.evidence["weights"]["gan_weight_for_aim"] == pytest.approx(13.0)
+    assert not blurry.detail["gan_share_above_target"]
+    high = _gshare_epochs(train_gshare_recon=50.0, train_gshare_gan=40.0, train_gshare_fm=10.0)
+    decision = decide(_record(tmp_path, "high", epochs=high))
+    assert decision.detail["weights"]["case"] == "above_target"
+    assert decision.detail["gan_share_above_target"]
+    unlogged = [_epoch(e, val_sharpness_mask=0.85) for e in range(1, 4)]
+    decision = decide(_record(tmp_path, "old", epochs=unlogged))
+    assert decision.detail["weights"] == {"case": "no_gradient_shares"}
+    sharp = decide(_record(tmp_path, "sharp"))
+    assert _status_case(sharp) == (NOT_TRIGGERED, "sharp") and sharp.evidence["blurry"] is False
+    assert sharp.detail["sharp_signs"] == ["sharpness"]
+    decision = decide(_record(tmp_path, "mis", epochs=_gshare_epochs()), misaligned=True)
+    assert _status_case(decision) == (NOT_EVALUATED, "misaligned")
+    assert "blurry" not in decision.evidence
+    no_sharpness = [_epoch(e, val_sharpness_mask=None) for e in range(1, 4)]
+    decision = decide(_record(tmp_path, "none", epochs=no_sharpness))
+    assert _status_case(decision) == (NOT_EVALUATED, "no_evidence")
+    assert _status_case(decide(_record(tmp_path, "g", d=False))) == (NOT_APPLICABLE, "no_d")
+
+
+def test_d_clipping_decisions(tmp_path):
+    often = [_epoch(e, train_clip_rate_D=0.85, train_grad_norm_D=30.0) for e in range(1, 4)]
+    decision = _rule_d_clipping(_record(tmp_path, "often", epochs=often), 3)
+    assert _status_case(decision) == (TRIGGERED, "frequent")
+    assert decision.evidence["suggested_grad_clip_D"] == pytest.approx(45.0)
+    assert decision.detail["suggestion_basis"] == "mean_norm_x1.5"
+    assert decision.detail["suggested_r1_weight"] is None  # no R1 yet: add one
+    assert not decision.detail["clip_rate_G_too"]
+    run = _record(tmp_path, "r1", epochs=often, loss={"r1_weight": 0.5})
+    assert _rule_d_clipping(run, 3).detail["suggested_r1_weight"] == 2.0
+    rare = _rule_d_clipping(_record(tmp_path, "rare"), 3)
+    assert _status_case(rare) == (NOT_TRIGGERED, "rare")
+    assert rare.evidence["clip_rate_D"] == pytest.approx(0.05)
+    unlogged = [_epoch(e, train_clip_rate_D=None) for e in range(1, 4)]
+    decision = _rule_d_clipping(_record(tmp_path, "unlogged", epochs=unlogged), 3)
+    assert _status_case(decision) == (NOT_EVALUATED, "not_logged")
+    off = _record(tmp_path, "off", epochs=unlogged, config={"optim": {"grad_clip": None}})
+    assert _status_case(_rule_d_clipping(off, 3)) == (NOT_EVALUATED, "clipping_off")
+
+
+def test_rules_refuse_a_log_without_a_key_they_need(tmp_path, capsys):
+    def without(key: str, epochs: list[dict]) -> list[dict]:
+        return [{k: v for k, v in row.items() if k != key} for row in epochs]
+
+    # D was on, so its outputs were logged: a log without them (a renamed key) is refused
+    run = write_run(tmp_path / "renamed", epochs=without("train_D_real", _epoch_rows(3)))
+    with pytest.raises(MissingScalarError, match=r"epochs\.jsonl has the key 'train_D_real'"):
+        diagnose_run(run)
+    assert main(["diagnose", str(run), "--no-eval"]) == 2
+    assert "renamed" in capsys.readouterr().err
+    # D was clipped (optim.grad_clip 5): its clip rate was logged
+    unclipped = without("train_clip_rate_D", _epoch_rows(3))
+    with pytest.raises(MissingScalarError, match="'train_clip_rate_D'"):
+        _rule_d_clipping(_record(tmp_path, "clipped", epochs=unclipped), 3)
+    off = _record(tmp_path, "off", epochs=unclipped, config={"optim": {"grad_clip": None}})
+    assert _status_case(_rule_d_clipping(off, 3)) == (NOT_EVALUATED, "clipping_off")
+    # gradient shares: needed when measured, legitimately absent with logging.gshare_every 0
+    blurry = [_epoch(e, val_sharpness_mask=0.85) for e in range(1, 4)]
+    measured = write_run(
+        tmp_path / "measured", epochs=blurry, config={"logging": {"gshare_every": 10}}
+    )
+    with pytest.raises(MissingScalarError, match="'train_gshare_gan'"):
+        diagnose_run(measured)
+    unmeasured = write_run(
+        tmp_path / "unmeasured", epochs=blurry, config={"logging": {"gshare_every": 0}}
+    )
+    f = diagnose_run(unmeasured).finding("blurry_loss_weights")
+    assert f.triggered and "gan_weight_for_aim" not in f.evidence["weights"]
+    # a G-only run needs none of D's keys
+    g = write_run(tmp_path / "g", d=False, epochs=[_epoch(e, d=False) for e in range(1, 4)])
+    assert not diagnose_run(g).finding("d_ineffective").applicable
+
+
+def _epoch_rows(n: int) -> list[dict]:
+    return [_epoch(e) for e in range(1, n + 1)]
+
+
+def test_still_improving_decisions(tmp_path):
+    rising = [_epoch(e, d=False, val_psnr_mask=27.0 + e) for e in range(1, 6)]
+    flat = [_epoch(e, val_psnr_mask=v) for e, v in enumerate([29, 30, 30.01, 29.99, 30], 1)]
+    g = _record(tmp_path, "g", d=False, epochs=rising)
+    gd = _record(tmp_path, "gd", epochs=flat)
+    decision = _rule_still_improving(g, None, 3)
+    assert _status_case(decision) == (TRIGGERED, "run_improving")
+    assert decision.evidence["run"]["slope_db_per_epoch"] == pytest.approx(1.0)
+    assert decision.detail == {"has_D": False}
+    assert _status_case(_rule_still_improving(gd, None, 3)) == (NOT_TRIGGERED, "converged")
+    decision = _rule_still_improving(gd, g, 3)
+    assert _status_case(decision) == (TRIGGERED, "baseline_improving")
+    assert decision.evidence["baseline"]["name"] == "g"
+    unlogged = _record(tmp_path, "bare", d=False, epochs=[{"epoch": 1, "lr_G": 1e-3}])
+    assert _status_case(_rule_still_improving(unlogged, None, 3)) == (NOT_EVALUATED, "not_logged")
+
+
+def test_findings_carry_status_and_case_and_every_case_has_wording(tmp_path):
+    d = diagnose_run(write_run(tmp_path / "g", d=False))
+    f = d.finding("d_clipping")
+    assert (f.status, f.case, f.applicable, f.triggered) == (NOT_APPLICABLE, "no_d", False, False)
+    serialised = d.to_dict()["findings"][0]
+    assert list(serialised) == [
+        "rule",
+        "triggered",
+        "verdict",
+        "evidence",
+        "applicable",
+        "status",
+        "case",
+    ]
+    assert {rule for rule, _ in _TEXTS} == set(RULES)
+    with pytest.raises(KeyError, match="no wording for rule 'diverged', case 'nope'"):
+        word(Decision("diverged", TRIGGERED, "nope"))

@@ -1,4 +1,5 @@
-"""Diagnostics: sync-free running means, run logs (JSONL/CSV/TensorBoard), console line, grids."""
+"""Training diagnostics: sync-free running means, run logs (JSONL/CSV/TensorBoard), epoch line,
+sample grids."""
 
 from __future__ import annotations
 
@@ -10,14 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from medi2i.training import diagnostics
-from medi2i.training.diagnostics import (
-    ProgressBar,
-    RunLogger,
-    RunningMeans,
-    epoch_summary_line,
-    sample_grid,
-)
+from medi2i.training import run_logger
+from medi2i.training.epoch_line import epoch_summary_line
+from medi2i.training.run_logger import RunLogger
+from medi2i.training.running_means import RunningMeans
+from medi2i.training.samples import sample_grid
 
 # ---- RunningMeans ------------------------------------------------------------------------------
 
@@ -221,8 +219,8 @@ def test_run_logger_tensorboard_import_failure_warns_once(tmp_path, monkeypatch,
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
-    monkeypatch.setattr(diagnostics, "_tb_warned", False)
-    with caplog.at_level(logging.WARNING, logger="medi2i.training.diagnostics"):
+    monkeypatch.setattr(run_logger, "_tb_warned", False)
+    with caplog.at_level(logging.WARNING, logger="medi2i.training.run_logger"):
         for name in ("a", "b"):
             with RunLogger(tmp_path / name) as log:
                 log.log_step(1, 0, {"x": 1.0})
@@ -340,20 +338,6 @@ def test_sample_grid_error_visible_value_range_and_dtypes():
         sample_grid(torch.zeros(1, 3, 8, 8), out, y, None)
     with pytest.raises(ValueError, match="same"):
         sample_grid(x, out[..., :4], y, None)
-
-
-# ---- ProgressBar -------------------------------------------------------------------------------
-
-
-def test_progress_bar_disabled_and_enabled(capsys):
-    with ProgressBar(5, enabled=False) as bar:
-        assert bar.disabled
-        bar.update(loss=1.0)
-    bar = ProgressBar(3, desc="epoch 1/1")  # not a tty under pytest: tqdm disables itself
-    bar.update(2, loss=0.5)
-    bar.write("summary line")
-    bar.close()
-    assert "summary line" in capsys.readouterr().out
 
 
 def test_epoch_summary_line_prefers_gradient_shares():

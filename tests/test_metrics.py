@@ -1,4 +1,4 @@
-"""Tests for medi2i.evaluation.metrics: agreement with skimage/scipy/pytorch-msssim, analytic
+"""Tests for medi2i.metrics: agreement with skimage/scipy/pytorch-msssim, analytic
 values on hand-made examples, batching, precision, numpy/torch parity and error handling."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from medi2i.evaluation import metrics as M
+from medi2i import metrics as M
+from medi2i.metrics.maps import laplacian_of_gaussian
 
 SHAPES = [(48, 40), (40, 48), (33, 57)]
 DETAIL_KEYS = ("hfen", "gmsd")
@@ -118,7 +119,7 @@ def test_ms_ssim_matches_pytorch_msssim(shape):
 
 def test_ms_ssim_small_images_use_fewer_scales(caplog):
     pred, target = _pair((48, 40), 0, 1.0, smooth=True)
-    with caplog.at_level(logging.DEBUG, logger="medi2i.evaluation.metrics"):
+    with caplog.at_level(logging.DEBUG, logger="medi2i.metrics"):
         value = M.ms_ssim(pred, target, data_range=1.0)
     assert 0.0 < value < 1.0
     assert "using 2 scale(s)" in caplog.text  # 40 px: 40 > 10·2 but not > 10·4
@@ -128,7 +129,7 @@ def test_ms_ssim_small_images_use_fewer_scales(caplog):
 def test_log_matches_scipy_gaussian_laplace():
     image = _smooth((33, 40), 2)
     (tensor,) = _t(image)
-    got = M._laplacian_of_gaussian(tensor, 1.5)[0, 0].numpy()
+    got = laplacian_of_gaussian(tensor, 1.5)[0, 0].numpy()
     np.testing.assert_allclose(got, ndi.gaussian_laplace(image, 1.5), atol=1e-6)
 
 
@@ -176,7 +177,7 @@ def test_empty_mask_gives_nan_for_that_image_only(caplog):
     image_in = target + 0.1 * torch.rand_like(target)
     mask = torch.ones_like(pred, dtype=torch.bool)
     mask[1] = False
-    with caplog.at_level(logging.DEBUG, logger="medi2i.evaluation.metrics"):
+    with caplog.at_level(logging.DEBUG, logger="medi2i.metrics"):
         out = M.compute_metrics(pred, target, data_range=1.0, mask=mask, input=image_in)
     for key, value in out.items():
         assert value.shape == (2,)
@@ -286,7 +287,7 @@ def test_bsr_lit_without_bone_is_nan_and_logged(caplog):
     target = _smooth((48, 40), 0)
     images = np.stack([target, target + 0.1])  # the first has no bone
     preds = np.stack([target + 0.05, target])
-    with caplog.at_level(logging.DEBUG, logger="medi2i.evaluation.metrics"):
+    with caplog.at_level(logging.DEBUG, logger="medi2i.metrics"):
         values = M.bsr_lit(preds, np.stack([target, target]), images)
     assert math.isnan(values[0]) and values[1] == pytest.approx(1.0, abs=1e-6)
     assert "no bone) for 1 of 2 image(s)" in caplog.text

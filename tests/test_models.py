@@ -251,6 +251,7 @@ def test_warp_rejects_bad_field_shape() -> None:
 # ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_discriminator_default_parameter_count() -> None:
     with torch.device("meta"):
         assert count_parameters(build_discriminator(DiscriminatorConfig(), False)) == D_PARAMETERS
@@ -258,6 +259,7 @@ def test_discriminator_default_parameter_count() -> None:
     assert D_PARAMETERS == 5_525_378
 
 
+@pytest.mark.slow
 def test_every_d_conv_is_spectrally_normalised() -> None:
     d = build_discriminator(DiscriminatorConfig(), conditional=False).train()
     convs = [m for m in d.modules() if isinstance(m, nn.Conv2d)]
@@ -360,6 +362,7 @@ def test_gradients_reach_every_parameter() -> None:
     _assert_all_grads(d, "D")
 
 
+@pytest.mark.slow
 def test_model_summary_lists_counts_and_shapes() -> None:
     cfg = build_config({"model": {"R": {"enabled": True}, "D": {"enabled": True}}})
     text = model_summary(cfg, image_size=64)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medi2i.training.stability import (
+from medi2i.run.stability import (
     LOSS_RISE_FACTOR,
     PSNR_DROP_DB,
     Jump,

@@ -16,48 +16,25 @@ import pytest
 import torch
 
 from medi2i.config import load_config
-from medi2i.data.dataset import build_dataloader, build_dataset
+from medi2i.data.builders import build_dataloader, build_dataset
+from medi2i.evaluation.evaluate import evaluate_split
+from medi2i.evaluation.runs import load_run
 from medi2i.inference import load_generator
-from medi2i.training.checkpoints import load_checkpoint
+from medi2i.run.checkpoint import load_checkpoint
+from medi2i.run.layout import RunLayout
 from medi2i.training.distributed import DistContext
 from medi2i.training.trainer import Trainer, TrainingError, train
 from medi2i.training.validation import evaluate_generator
-from tinydata import TINY_NETS, tiny_config, write_pairs
-
-
-@pytest.fixture(scope="module")
-def dataset_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pairs")
-    return write_pairs(root, {"train": 8, "val": 3, "test": 3}, np.random.default_rng(0))
-
-
-def tiny_cfg(root: Path, *overrides: str):
-    return tiny_config(
-        root,
-        "train.epochs=2",
-        "train.steps_per_epoch=3",
-        "train.ema_decay=0.9",
-        "eval.sample_count=2",
-        *overrides,
-    )
+from tinydata import MODES, TINY_NETS, tiny_run_config
 
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize(
-    "mode",
-    [
-        ("model.R.enabled=false", "model.D.enabled=false"),
-        ("model.R.enabled=true", "model.D.enabled=false"),
-        ("model.R.enabled=false", "model.D.enabled=true"),
-        ("model.R.enabled=true", "model.D.enabled=true", "loss.r1_weight=1", "loss.r1_interval=2"),
-    ],
-    ids=["G", "G+R", "G+D", "G+R+D"],
-)
+@pytest.mark.parametrize("mode", list(MODES.values()), ids=list(MODES))
 def test_each_mode_trains_and_writes_everything(dataset_root, tmp_path, mode):
-    cfg = tiny_cfg(dataset_root, *mode)
+    cfg = tiny_run_config(dataset_root, *mode)
     run = tmp_path / "run"
     summary = train(cfg, out=str(run))
     assert summary["steps"] == 6 and summary["skipped_steps"] == 0
@@ -80,6 +57,14 @@ def test_each_mode_trains_and_writes_everything(dataset_root, tmp_path, mode):
             assert "grad_norm_R" in s and "w_smooth" in s
     epochs = read_jsonl(run / "metrics" / "epochs.jsonl")
     assert len(epochs) == 2 and "val_psnr_mask" in epochs[-1]
+    # writers and readers share one layout: every path it names was written, and read back
+    layout = RunLayout(run)
+    named = (layout.config, layout.summary, layout.test_metrics, layout.train_log, layout.steps)
+    named += (layout.epochs, layout.epochs_csv, layout.last_checkpoint, layout.best_checkpoint)
+    assert all(path.is_file() for path in (*named, layout.sample_grid(2))) and layout.is_run()
+    record = load_run(run)
+    assert len(record.epochs) == 2 and len(record.steps) == 6 and record.test_metrics
+    assert record.has_checkpoint and not record.problems
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["epoch"] == 2 and state["step"] == 6
     joined = " ".join(mode)
@@ -97,12 +82,19 @@ def test_each_mode_trains_and_writes_everything(dataset_root, tmp_path, mode):
         ctx=DistContext(),
         data_range=1.0,
     )
-    for key in ("psnr", "psnr_mask", "ssim"):
+    for key in ("psnr", "psnr_mask", "ssim"):  # the batched validation code, independently
         assert report["model"][key] == pytest.approx(result.metrics[key], rel=1e-5), key
+    # one scoring path: `medi2i evaluate` reports the same metrics with the same means
+    summary = evaluate_split(loaded, out_dir=tmp_path / "eval", bootstrap=1, progress=False)
+    for method in ("model", "identity"):
+        means = {k: v["mean"] for k, v in summary["methods"][method].items()}
+        assert set(report[method]) == set(means) >= {"bsr_lit", "ms_ssim", "blur_effect"}
+        for key, value in means.items():
+            assert report[method][key] == pytest.approx(value, rel=1e-6, nan_ok=True), key
 
 
 def test_validation_uses_ema_and_leaves_online_weights_untouched(dataset_root, tmp_path):
-    cfg = tiny_cfg(dataset_root, "train.ema_decay=0.99", "train.epochs=1")
+    cfg = tiny_run_config(dataset_root, "train.ema_decay=0.99", "train.epochs=1")
     trainer = Trainer(cfg, tmp_path / "run", DistContext())
     for batch in trainer.train_loader:
         trainer.train_step(batch)
@@ -121,7 +113,7 @@ def test_validation_uses_ema_and_leaves_online_weights_untouched(dataset_root, t
 
 def test_warmup_and_skip_warmup_learning_rates(dataset_root, tmp_path):
     def lr_after_one_step(*overrides):
-        cfg = tiny_cfg(dataset_root, "optim.G.lr=1e-3", "optim.warmup_epochs=1", *overrides)
+        cfg = tiny_run_config(dataset_root, "optim.G.lr=1e-3", "optim.warmup_epochs=1", *overrides)
         trainer = Trainer(cfg, tmp_path / f"run{len(overrides)}", DistContext())
         first = trainer.optimizers["G"].param_groups[0]["lr"]
         trainer.train_step(next(iter(trainer.train_loader)))
@@ -136,10 +128,10 @@ def test_warmup_and_skip_warmup_learning_rates(dataset_root, tmp_path):
 
 
 def test_pretrained_G_loads_and_mismatch_is_explained(dataset_root, tmp_path):
-    g_only = tiny_cfg(dataset_root, "train.epochs=1")
+    g_only = tiny_run_config(dataset_root, "train.epochs=1")
     train(g_only, out=str(tmp_path / "g_only"))
     source = tmp_path / "g_only" / "checkpoints" / "best.pt"
-    cfg = tiny_cfg(
+    cfg = tiny_run_config(
         dataset_root,
         "model.D.enabled=true",
         f"train.pretrained_G={source}",
@@ -152,13 +144,17 @@ def test_pretrained_G_loads_and_mismatch_is_explained(dataset_root, tmp_path):
     for k, v in trainer.ema.module.state_dict().items():
         assert torch.equal(v, state["ema"]["G"][k])
     trainer.logger.close()
-    wider = tiny_cfg(dataset_root, "model.G.base_channels=16", f"train.pretrained_G={source}")
+    wider = tiny_run_config(
+        dataset_root, "model.G.base_channels=16", f"train.pretrained_G={source}"
+    )
     with pytest.raises(ValueError, match=r"(?s)best\.pt.*shape mismatch: stem\.weight"):
         Trainer(wider, tmp_path / "bad", DistContext())
 
 
 def test_clipping_is_measured_and_reported(dataset_root, tmp_path):
-    cfg = tiny_cfg(dataset_root, "model.D.enabled=true", "optim.grad_clip=1e-6", "train.epochs=1")
+    cfg = tiny_run_config(
+        dataset_root, "model.D.enabled=true", "optim.grad_clip=1e-6", "train.epochs=1"
+    )
     train(cfg, out=str(tmp_path / "run"))
     steps = read_jsonl(tmp_path / "run" / "metrics" / "steps.jsonl")
     for s in steps:
@@ -168,7 +164,7 @@ def test_clipping_is_measured_and_reported(dataset_root, tmp_path):
 
 
 def test_nonfinite_steps_are_skipped_then_training_stops(dataset_root, tmp_path, monkeypatch):
-    cfg = tiny_cfg(dataset_root, "train.max_nonfinite_steps=3", "train.epochs=1")
+    cfg = tiny_run_config(dataset_root, "train.max_nonfinite_steps=3", "train.epochs=1")
     trainer = Trainer(cfg, tmp_path / "run", DistContext())
     before = {k: v.clone() for k, v in trainer.G.state_dict().items()}
     real_forward = trainer.G.forward
@@ -185,7 +181,7 @@ def test_nonfinite_steps_are_skipped_then_training_stops(dataset_root, tmp_path,
 
 def test_a_diverging_r_reaches_the_nonfinite_guard(dataset_root, tmp_path):
     """A NaN field (R diverged) is skipped like any non-finite step, not a crash in the warp."""
-    cfg = tiny_cfg(dataset_root, "model.R.enabled=true", "model.D.enabled=true")
+    cfg = tiny_run_config(dataset_root, "model.R.enabled=true", "model.D.enabled=true")
     trainer = Trainer(cfg, tmp_path / "run", DistContext())
     with torch.no_grad():
         trainer.R.flow.bias.fill_(float("nan"))
@@ -208,7 +204,7 @@ def test_fitted_r_trains_g_through_a_fixed_frame(dataset_root, tmp_path, monkeyp
         return real_forward(self, moving, fixed, mask)
 
     monkeypatch.setattr(fitted_registration.FittedRegistration, "forward", spy)
-    cfg = tiny_cfg(
+    cfg = tiny_run_config(
         dataset_root,
         "model.R.enabled=true",
         "model.R.kind=fit",
@@ -325,7 +321,7 @@ def test_ddp_two_gloo_processes(dataset_root, tmp_path):
 
 
 def test_bf16_autocast_and_channels_last_run(dataset_root, tmp_path):
-    cfg = tiny_cfg(
+    cfg = tiny_run_config(
         dataset_root,
         "model.R.enabled=true",
         "model.D.enabled=true",
@@ -450,7 +446,7 @@ def test_sweep_trains_each_combination(dataset_root, tmp_path):
 
 def test_best_is_an_independent_copy_and_resume_falls_back_to_it(dataset_root, tmp_path, caplog):
     run = tmp_path / "run"
-    train(tiny_cfg(dataset_root, "train.epochs=1"), out=str(run))
+    train(tiny_run_config(dataset_root, "train.epochs=1"), out=str(run))
     ckpt = run / "checkpoints"
     last, best = ckpt / "last.pt", ckpt / "best.pt"
     assert os.stat(last).st_ino != os.stat(best).st_ino
@@ -472,12 +468,14 @@ def test_a_folder_with_an_earlier_runs_files_is_not_reused(dataset_root, tmp_pat
     run.mkdir()
     (run / "train.log").write_text("an earlier run stopped before its first checkpoint\n")
     with pytest.raises(ValueError, match=r"earlier run \(train\.log\).*no checkpoint"):
-        train(tiny_cfg(dataset_root), out=str(run))
+        train(tiny_run_config(dataset_root), out=str(run))
     # a folder with unrelated files (e.g. a benchmark's notes) is fine
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.json").write_text("{}")
-    train(tiny_cfg(dataset_root, "train.epochs=1", "train.steps_per_epoch=1"), out=str(other))
+    train(
+        tiny_run_config(dataset_root, "train.epochs=1", "train.steps_per_epoch=1"), out=str(other)
+    )
     assert (other / "checkpoints" / "last.pt").is_file()
 
 
@@ -486,5 +484,5 @@ def test_rejected_data_leaves_no_run_folder(tmp_path):
     empty.mkdir()
     run = tmp_path / "run"
     with pytest.raises(Exception, match=str(empty.name)):
-        train(tiny_cfg(empty), out=str(run))
+        train(tiny_run_config(empty), out=str(run))
     assert not run.exists()

@@ -11,21 +11,19 @@ import torch
 from torch import nn
 
 from medi2i.config import OptimConfig
-from medi2i.training.checkpoints import (
+from medi2i.run.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
     CheckpointManager,
-    capture_rng_state,
     checkpoint_payload,
     find_nonfinite,
     load_checkpoint,
-    load_pretrained_generator,
-    restore_rng_state,
     save_checkpoint,
 )
 from medi2i.training.distributed import unwrap_model
 from medi2i.training.ema import EMA
 from medi2i.training.schedules import build_scheduler, lr_factor
+from medi2i.training.state import capture_rng_state, load_pretrained_generator, restore_rng_state
 
 
 class TinyNet(nn.Module):
@@ -379,7 +377,7 @@ def test_atomic_save_under_simulated_crash(tmp_path, monkeypatch):
 def test_a_full_disk_is_named_and_the_previous_checkpoint_kept(tmp_path, monkeypatch):
     import collections
 
-    import medi2i.training.checkpoints as ckpt_mod
+    import medi2i.run.checkpoint as ckpt_mod
 
     manager = CheckpointManager(tmp_path)
     manager.save(_state(epoch=1), epoch=1, is_best=False)

@@ -95,6 +95,33 @@ def tiny_config(root: str | Path, *overrides: str) -> Config:
     return load_config(None, [f"data.root={root}", *TINY_NETS, *overrides])
 
 
+#: The four training modes as config overrides, by name (G+R+D with a lazy R1 penalty).
+MODES: dict[str, tuple[str, ...]] = {
+    "G": ("model.R.enabled=false", "model.D.enabled=false"),
+    "G+R": ("model.R.enabled=true", "model.D.enabled=false"),
+    "G+D": ("model.R.enabled=false", "model.D.enabled=true"),
+    "G+R+D": (
+        "model.R.enabled=true",
+        "model.D.enabled=true",
+        "loss.r1_weight=1",
+        "loss.r1_interval=2",
+    ),
+}
+
+
+def tiny_run_config(root: str | Path, *overrides: str) -> Config:
+    """The trainer tests' run: :func:`tiny_config`, 2 epochs x 3 steps, EMA decay 0.9, two
+    sample images, then ``overrides``."""
+    return tiny_config(
+        root,
+        "train.epochs=2",
+        "train.steps_per_epoch=3",
+        "train.ema_decay=0.9",
+        "eval.sample_count=2",
+        *overrides,
+    )
+
+
 def train_tiny_g_only(root: str | Path, out: str | Path, *overrides: str) -> Path:
     """Train a G-only tiny run (1 epoch x 2 steps, no tensorboard/samples/test) into ``out``."""
     cfg = tiny_config(

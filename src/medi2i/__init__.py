@@ -1,11 +1,11 @@
-"""medi2i: registration-aware GANs for paired medical image-to-image translation."""
+"""medi2i: registration-aware GANs for paired medical image-to-image translation.
 
-from importlib.metadata import PackageNotFoundError, version
+The package's face: ``medi2i.__version__`` and ``medi2i.Predictor`` (the prediction API). Code
+inside the package imports the version from :mod:`medi2i.utils.version`, never from here, so
+this module sits above everything it hands out.
+"""
 
-try:
-    __version__ = version("medi2i")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
+from medi2i.utils.version import __version__
 
 __all__ = ["Predictor", "__version__"]
 

@@ -1,17 +1,9 @@
-"""Paired datasets: discovery, validation and loading of (input, target, mask[, aligned]).
+"""The paired-image dataset: :class:`PairedImageDataset` reads, checks and serves one split.
 
-Two ways to describe a dataset:
-
-* **Folder layout** ``ROOT/{train,val,test}/{input,target,mask,aligned}/NAME.ext``: files pair
-  by ``NAME`` (the file name without its image suffix, so ``a.dcm`` pairs with ``a.png``).
-  ``mask`` and ``aligned`` folders are optional.
-* **CSV manifest** with columns ``split,input,target`` and optionally ``mask,aligned`` (empty
-  cell = none; extra columns are kept as metadata and ignored); relative paths are relative to
-  the manifest's folder.
-
-Every problem found while building a split - missing partners, missing files, unreadable
-files, size mismatches, an empty split - is collected and raised together as one
-:class:`DatasetError` listing all offending names, not just the first.
+Files are read (and checked) once at construction: unreadable files, size mismatches, aligned
+targets on only some pairs, an aligned training target without aligned files and images
+smaller than the crop are raised as a :class:`~medi2i.data.pairs.DatasetError` that lists every
+offending pair.
 
 Each item is a dict of tensors shaped (1, H, W): ``input``, ``target``, ``mask`` (0/1; all
 ones without a mask file) and ``aligned_target`` when the dataset has aligned targets (or
@@ -20,35 +12,37 @@ simulates misalignment), plus ``name``, ``index`` and ``window`` (the normalisat
 ``data.train_target: aligned`` the train split's ``target`` is its aligned target (then
 misaligned by ``data.misalign`` when that applies to the train split).
 
-:func:`resolve_pairs` decides whether the training pairs count as misaligned
-(``data.pairs``).
+Randomness depends only on seeds: simulated misalignment on ``(seed, split, index)``,
+augmentation and crop on ``(seed, epoch, index)``, each in its own salted stream, so items do
+not depend on the number of DataLoader workers or the loading order.
+
+The pairs come from :mod:`medi2i.data.pairs`; :mod:`medi2i.data.builders` builds a dataset
+from a config.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from medi2i.config import Config, MaskConfig, MisalignConfig
+from medi2i.config import MaskConfig, MisalignConfig
 from medi2i.data.deform import random_smooth_displacement, warp_image
-from medi2i.data.io import ImageIOError, ImageMeta, is_image_file, read_image
+from medi2i.data.io import ImageIOError, ImageMeta, read_image
 from medi2i.data.normalization import Normalizer, Window
+from medi2i.data.pairs import DatasetError, PairRecord
 from medi2i.data.transforms import PairedAugment, random_crop
+
+__all__ = ["PairedImageDataset", "binarize_mask"]
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
-ROLES = ("input", "target", "mask", "aligned")
-_MAX_LISTED = 40
 # Salts that keep the random streams of different purposes apart.
 _AUGMENT_STREAM, _MISALIGN_STREAM = 1, 2
 
@@ -60,198 +54,6 @@ def _split_stream(split: str) -> int:
     would give a pair a different misalignment in every run and in spawned DataLoader workers.
     """
     return zlib.crc32(split.encode("utf-8"))
-
-
-class DatasetError(ValueError):
-    """A dataset cannot be used; ``problems`` lists every offending file or name."""
-
-    def __init__(self, what: str, problems: Sequence[str]):
-        self.problems = list(problems)
-        shown = self.problems[:_MAX_LISTED]
-        more = len(self.problems) - len(shown)
-        lines = [f"{what} ({len(self.problems)} problem{'s' * (len(self.problems) != 1)}):"]
-        lines += [f"  - {p}" for p in shown]
-        if more:
-            lines.append(f"  ... and {more} more")
-        super().__init__("\n".join(lines))
-
-
-class MissingSplitError(DatasetError):
-    """The requested split does not exist or holds no pairs (callers may treat it as optional)."""
-
-
-@dataclass(frozen=True)
-class PairRecord:
-    """One pair's files."""
-
-    name: str
-    split: str
-    input: Path
-    target: Path
-    mask: Path | None = None
-    aligned: Path | None = None
-
-
-# ---------------------------------------------------------------------------------------------
-# discovery
-# ---------------------------------------------------------------------------------------------
-
-
-def image_stem(path: Path) -> str:
-    """File name without its image suffix (``a.nii.gz`` -> ``a``, ``b.png`` -> ``b``)."""
-    name = path.name
-    lower = name.lower()
-    for suffix in (".nii.gz", ".nii", ".dcm", ".dicom", ".png", ".tiff", ".tif", ".npy"):
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def _scan_folder(folder: Path, problems: list[str]) -> dict[str, Path]:
-    files: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.is_dir() or not is_image_file(path):
-            continue
-        stem = image_stem(path)
-        if stem in files:
-            problems.append(f"{folder}: two files named {stem!r}: {files[stem].name}, {path.name}")
-            continue
-        files[stem] = path
-    return files
-
-
-def discover_layout(root: str | Path, split: str) -> list[PairRecord]:
-    """Pairs of ``ROOT/SPLIT/{input,target,mask,aligned}/`` matched by name.
-
-    Raises:
-        DatasetError: missing folders, names without a partner, an empty split.
-    """
-    root = Path(root)
-    split_dir = root / split
-    if not split_dir.is_dir():
-        raise MissingSplitError(
-            f"dataset {root}", [f"split folder {split_dir} not found (expected {split_dir}/input)"]
-        )
-    problems: list[str] = []
-    found: dict[str, dict[str, Path]] = {}
-    for role in ROLES:
-        folder = split_dir / role
-        if folder.is_dir():
-            found[role] = _scan_folder(folder, problems)
-        elif role in ("input", "target"):
-            problems.append(f"folder {folder} is missing")
-    if "input" not in found or "target" not in found:
-        raise DatasetError(f"dataset {root} split {split!r}", problems)
-    names = sorted(set().union(*(set(v) for v in found.values())))
-    records = []
-    for name in names:
-        missing = [role for role in found if name not in found[role]]
-        if missing:
-            have = [role for role in found if name in found[role]]
-            problems.append(f"{name}: has {', '.join(have)} but no {', '.join(missing)}")
-            continue
-        records.append(
-            PairRecord(
-                name=name,
-                split=split,
-                input=found["input"][name],
-                target=found["target"][name],
-                mask=found.get("mask", {}).get(name),
-                aligned=found.get("aligned", {}).get(name),
-            )
-        )
-    if not records and not problems:
-        raise MissingSplitError(
-            f"dataset {root} split {split!r}", [f"no image pairs in {split_dir}"]
-        )
-    if problems:
-        raise DatasetError(f"dataset {root} split {split!r}", problems)
-    return records
-
-
-def read_manifest(manifest: str | Path, split: str) -> list[PairRecord]:
-    """Pairs of one split from a CSV manifest (``split,input,target[,mask][,aligned]``).
-
-    Raises:
-        DatasetError: missing columns, unknown split names, missing files, duplicate names,
-            an empty split.
-    """
-    manifest = Path(manifest)
-    if not manifest.is_file():
-        raise DatasetError(f"manifest {manifest}", ["file not found"])
-    base = manifest.parent
-    with manifest.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        columns = set(reader.fieldnames or [])
-        missing_cols = {"split", "input", "target"} - columns
-        if missing_cols:
-            raise DatasetError(
-                f"manifest {manifest}",
-                [
-                    f"missing column(s) {', '.join(sorted(missing_cols))}; "
-                    f"found {', '.join(reader.fieldnames or []) or 'none'}"
-                ],
-            )
-        rows = list(reader)
-    problems: list[str] = []
-    records: list[PairRecord] = []
-    seen: dict[str, int] = {}
-
-    def resolve(line: int, row: dict, role: str) -> Path | None:
-        value = (row.get(role) or "").strip()
-        if not value:
-            if role in ("input", "target"):
-                problems.append(f"line {line}: empty {role!r}")
-            return None
-        path = Path(value)
-        path = path if path.is_absolute() else base / path
-        if not path.is_file():
-            problems.append(f"line {line}: {role} file {value!r} not found")
-        return path
-
-    for line, row in enumerate(rows, start=2):
-        row_split = (row.get("split") or "").strip()
-        if row_split not in SPLITS:
-            problems.append(f"line {line}: split {row_split!r} is not one of {', '.join(SPLITS)}")
-            continue
-        if row_split != split:
-            continue
-        paths = {role: resolve(line, row, role) for role in ROLES}
-        if paths["input"] is None or paths["target"] is None:
-            continue
-        name = image_stem(paths["input"])
-        if name in seen:
-            problems.append(f"line {line}: input name {name!r} already used on line {seen[name]}")
-            continue
-        seen[name] = line
-        records.append(
-            PairRecord(
-                name, split, paths["input"], paths["target"], paths["mask"], paths["aligned"]
-            )
-        )
-    if not records and not problems:
-        raise MissingSplitError(f"manifest {manifest} split {split!r}", ["no rows"])
-    if problems:
-        raise DatasetError(f"manifest {manifest} split {split!r}", problems)
-    return records
-
-
-def discover_pairs(
-    split: str, *, root: str | Path | None = None, manifest: str | Path | None = None
-) -> list[PairRecord]:
-    """Records of one split from a manifest (when given) or the folder layout under ``root``."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if manifest is not None:
-        return read_manifest(manifest, split)
-    if root is None:
-        raise ValueError("set data.root (folder layout) or data.manifest (CSV)")
-    return discover_layout(root, split)
-
-
-# ---------------------------------------------------------------------------------------------
-# masks
-# ---------------------------------------------------------------------------------------------
 
 
 def binarize_mask(mask: np.ndarray, meta: ImageMeta, cfg: MaskConfig) -> np.ndarray:
@@ -275,10 +77,6 @@ def _compact(image: np.ndarray, meta: ImageMeta) -> np.ndarray:
     return image
 
 
-# ---------------------------------------------------------------------------------------------
-# dataset
-# ---------------------------------------------------------------------------------------------
-
 _Loaded = tuple[dict[str, np.ndarray], Window, Window]
 
 
@@ -297,7 +95,7 @@ class PairedImageDataset(Dataset):
     independent fields.
 
     Args:
-        records: the pairs (from :func:`discover_pairs`).
+        records: the pairs (from :func:`~medi2i.data.pairs.discover_pairs`).
         normalizer: maps stored units to the network's range.
         mask_cfg: mask binarisation rule.
         augment: paired augmentation, or ``None``.
@@ -514,141 +312,3 @@ class PairedImageDataset(Dataset):
         item["index"] = index
         item["window"] = torch.tensor([win_in.lo, win_in.hi], dtype=torch.float64)
         return item
-
-
-# ---------------------------------------------------------------------------------------------
-# building from the config
-# ---------------------------------------------------------------------------------------------
-
-
-def build_normalizer(cfg: Config) -> Normalizer:
-    """The normaliser of a config; ``dataset_percentile`` mode reads the training split."""
-    ncfg = cfg.data.normalization
-    if ncfg.mode != "dataset_percentile":
-        return Normalizer(ncfg)
-    records = discover_pairs("train", root=cfg.data.root, manifest=cfg.data.manifest)
-
-    def images():
-        for rec in records:
-            for path in (rec.input, rec.target):
-                yield read_image(path, slice_index=cfg.data.slice_index)[0]
-
-    return Normalizer.fit(ncfg, images())
-
-
-def build_dataset(
-    cfg: Config, split: str, *, normalizer: Normalizer | None = None, train: bool | None = None
-) -> PairedImageDataset:
-    """The dataset of one split as the config describes it.
-
-    Args:
-        cfg: the run's config.
-        split: ``train``, ``val`` or ``test``.
-        normalizer: a shared normaliser (e.g. the training one, or from a checkpoint);
-            built from the config when ``None``.
-        train: apply training-time randomness (augmentation, random crop); default: only
-            for the ``train`` split.
-
-    Returns:
-        The dataset. For the ``train`` split with ``data.train_target: aligned`` its targets
-        are the aligned targets (whatever ``train`` says); simulated misalignment applies to
-        the splits in ``data.misalign.splits``.
-
-    Raises:
-        DatasetError: the split cannot be read, or ``data.train_target: aligned`` on a train
-            split without aligned targets.
-    """
-    train = (split == "train") if train is None else train
-    data = cfg.data
-    records = discover_pairs(split, root=data.root, manifest=data.manifest)
-    augment = None
-    if train or data.augment.apply_to_eval:
-        augment = PairedAugment(data.augment)
-    misalign = data.misalign if split in data.misalign.splits else None
-    dataset = PairedImageDataset(
-        records,
-        normalizer or build_normalizer(cfg),
-        mask_cfg=data.mask,
-        augment=augment,
-        misalign=misalign,
-        crop_size=data.crop_size if train else None,
-        seed=cfg.seed,
-        slice_index=data.slice_index,
-        cache=data.cache,
-        target_from_aligned=split == "train" and data.train_target == "aligned",
-    )
-    log.info("split %r: %d pairs, image %s", split, len(dataset), dataset.image_shape)
-    return dataset
-
-
-def resolve_pairs(cfg: Config, train_dataset: PairedImageDataset) -> tuple[bool, str]:
-    """Whether the training pairs are misaligned (``data.pairs``), and why.
-
-    ``misaligned`` and ``aligned`` are taken as stated. ``auto`` means misaligned when the
-    train split gets simulated misalignment (``"train" in data.misalign.splits`` and
-    ``data.misalign.max_px > 0``), or when G trains against the measured targets
-    (``data.train_target: target``) of a train split that ships aligned targets (a dataset
-    provides an aligned truth because its targets are misaligned); otherwise aligned. Real
-    misaligned data without an aligned truth (e.g. dual-energy subtraction) cannot be
-    recognised and needs ``data.pairs: misaligned``.
-
-    Args:
-        cfg: the run's config.
-        train_dataset: the train split as built by :func:`build_dataset`.
-
-    Returns:
-        ``(misaligned, reason)``, the reason one short line for the log.
-    """
-    data = cfg.data
-    if data.pairs != "auto":
-        return data.pairs == "misaligned", f"data.pairs={data.pairs}"
-    if "train" in data.misalign.splits and data.misalign.max_px > 0:
-        return True, (
-            f"data.pairs=auto: simulated misalignment on the train split "
-            f"(data.misalign.max_px={data.misalign.max_px:g})"
-        )
-    if data.train_target == "target" and train_dataset.has_aligned_files:
-        return True, (
-            "data.pairs=auto: the train split ships aligned targets, so its targets are taken "
-            "as misaligned"
-        )
-    if data.train_target == "aligned":
-        return False, (
-            "data.pairs=auto: training against the aligned targets (data.train_target=aligned) "
-            "without simulated misalignment"
-        )
-    return False, (
-        "data.pairs=auto: no aligned targets and no simulated misalignment in the train split "
-        "(set data.pairs=misaligned for misaligned data without an aligned truth)"
-    )
-
-
-def build_dataloader(
-    dataset: PairedImageDataset,
-    cfg: Config,
-    *,
-    shuffle: bool,
-    drop_last: bool = False,
-    pin_memory: bool | None = None,
-    sampler=None,
-) -> DataLoader:
-    """A DataLoader with the config's batch size and workers, shuffled by a seeded generator.
-
-    Workers are persistent between epochs when there are any; memory is pinned when asked
-    (``data.pin_memory``; default: on when CUDA is available).
-    """
-    data = cfg.data
-    if pin_memory is None:
-        pin_memory = data.pin_memory if data.pin_memory is not None else torch.cuda.is_available()
-    generator = torch.Generator().manual_seed(cfg.seed)
-    return DataLoader(
-        dataset,
-        batch_size=data.batch_size,
-        shuffle=shuffle if sampler is None else False,
-        sampler=sampler,
-        drop_last=drop_last,
-        num_workers=data.num_workers,
-        persistent_workers=data.num_workers > 0,
-        pin_memory=pin_memory,
-        generator=generator,
-    )

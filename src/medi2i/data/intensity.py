@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from medi2i.data.normalization import INTEGER_RANGES, Window, strided_sample
+from medi2i.utils.formatting import significant
 
 __all__ = [
     "MEDIAN_MARGIN",
@@ -93,10 +94,6 @@ def measure_intensity(image: np.ndarray, window: Window) -> ImageIntensity:
     low, median, high = np.percentile(unit, [1.0, 50.0, 99.0])
     outside = float(np.count_nonzero((unit < 0.0) | (unit > 1.0))) / unit.size
     return ImageIntensity(float(low), float(median), float(high), outside)
-
-
-def _fmt(value: float) -> str:
-    return f"{value:.3g}"
 
 
 @dataclass(frozen=True)
@@ -208,15 +205,16 @@ class IntensityProfile:
         problems = []
         lo, hi = self.median_bounds()
         if not lo <= stats.median <= hi:
+            value, low, high = (significant(v, 3) for v in (stats.median, *self.median))
             problems.append(
-                f"its median sits at {_fmt(stats.median)} of the window (training inputs: "
-                f"{_fmt(self.median[0])} to {_fmt(self.median[1])})"
+                f"its median sits at {value} of the window (training inputs: {low} to {high})"
             )
         lo, hi = self.spread_bounds()
         if not lo <= stats.spread <= hi:
+            value, low, high = (significant(v, 3) for v in (stats.spread, *self.spread))
             problems.append(
-                f"its 1st-99th percentile range spans {_fmt(stats.spread)} of the window "
-                f"(training inputs: {_fmt(self.spread[0])} to {_fmt(self.spread[1])})"
+                f"its 1st-99th percentile range spans {value} of the window "
+                f"(training inputs: {low} to {high})"
             )
         if stats.outside > self.outside + OUTSIDE_MARGIN:
             problems.append(
@@ -254,8 +252,10 @@ class IntensityProfile:
     def describe(self) -> str:
         """One line for logs."""
         window = "" if self.window is None else f", window [{self.window[0]:g}, {self.window[1]:g}]"
+        median, spread = (
+            "-".join(significant(v, 3) for v in pair) for pair in (self.median, self.spread)
+        )
         return (
             f"{self.images} training inputs ({', '.join(self.stored_dtypes)}{window}): median "
-            f"{_fmt(self.median[0])}-{_fmt(self.median[1])}, 1-99% range "
-            f"{_fmt(self.spread[0])}-{_fmt(self.spread[1])}, at most {self.outside:.1%} outside"
+            f"{median}, 1-99% range {spread}, at most {self.outside:.1%} outside"
         )

@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from medi2i.config import Config
-from medi2i.data.dataset import DatasetError, build_dataset, build_normalizer
-from medi2i.evaluation.baseline import identity_baseline
+from medi2i.data.builders import build_dataset, build_normalizer
+from medi2i.data.pairs import DatasetError
+from medi2i.metrics import identity_baseline
 
 __all__ = ["dataset_report", "format_dataset_report"]
 

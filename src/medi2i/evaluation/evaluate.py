@@ -1,10 +1,12 @@
 """Evaluate a trained generator on a split, always beside the identity baseline.
 
-``medi2i evaluate`` calls :func:`evaluate_split`. For each image of the split (read with the
-run's data config and normalised with the checkpoint's normaliser) it computes, against the
-**aligned target** when the dataset has one (the truth for misaligned pairs), else the target:
+``medi2i evaluate`` calls :func:`evaluate_split`. The split is read with the run's data config
+and normalised with the checkpoint's normaliser, and every image is scored by
+:func:`medi2i.inference.scoring.score_split` - the one scoring path of medi2i, also used by the
+end-of-run test of training - against the **aligned target** when the dataset has one (the
+truth for misaligned pairs), else the target:
 
-* every metric of :func:`medi2i.evaluation.metrics.compute_metrics` - PSNR, SSIM, MS-SSIM, MAE,
+* every metric of :func:`medi2i.metrics.compute_metrics` - PSNR, SSIM, MS-SSIM, MAE,
   BSR, the published BSR (``bsr_lit``), HFEN, GMSD and the sharpness ratio - on the whole image
   and inside the mask (``<name>_mask``; MS-SSIM and ``bsr_lit`` whole image only), in the
   normalised range (``data_range`` = the width of ``output_range``);
@@ -36,15 +38,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from medi2i.config import Config
-from medi2i.data.dataset import build_dataset
-from medi2i.evaluation.baseline import reference_key
-from medi2i.evaluation.metrics import blur_effect, compute_metrics
+from medi2i.data.builders import build_dataset
 from medi2i.inference.loading import LoadedGenerator
 from medi2i.inference.predictor import Predictor
+from medi2i.inference.scoring import METHODS, METRIC_COLUMNS, WORST_BY, score_split
 from medi2i.utils.atomic import atomic_path, atomic_write_text
+from medi2i.utils.formatting import significant
 from medi2i.utils.jsonsafe import json_safe
 from medi2i.viz import make_grid, save_rgb_png
 
@@ -52,36 +53,10 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "HIGHER_IS_BETTER",
-    "METHODS",
-    "METRIC_COLUMNS",
     "bootstrap_ci",
     "evaluate_split",
     "format_table",
 ]
-
-METHODS = ("model", "identity")
-"""Rows of every image: the model's prediction and the input taken as the prediction."""
-
-METRIC_COLUMNS = (
-    "psnr",
-    "psnr_mask",
-    "ssim",
-    "ssim_mask",
-    "ms_ssim",
-    "mae",
-    "mae_mask",
-    "bsr",
-    "bsr_mask",
-    "bsr_lit",
-    "hfen",
-    "hfen_mask",
-    "gmsd",
-    "gmsd_mask",
-    "sharpness",
-    "sharpness_mask",
-    "blur_effect",
-)
-"""Columns of ``metrics.csv`` after ``name`` and ``method``, in table order."""
 
 HIGHER_IS_BETTER = {
     "psnr": True,
@@ -98,7 +73,6 @@ HIGHER_IS_BETTER = {
 """Direction of each metric (``None``: best close to 1); ``_mask`` variants alike."""
 
 CONFIDENCE = 0.95
-WORST_BY = "psnr_mask"
 
 
 def _direction(metric: str) -> str:
@@ -180,10 +154,6 @@ def _describe(values: list[float], resamples: int, rng: np.random.Generator) -> 
 # --------------------------------------------------------------------------------------------
 
 
-def _floats(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
-    return {key: float(value[0]) for key, value in metrics.items()}
-
-
 def _unit(normalizer, x: torch.Tensor) -> np.ndarray:
     """A (1, 1, H, W) network-range tensor as an (H, W) array in [0, 1] for display."""
     return np.clip(normalizer.output_to_unit(x[0, 0].double().cpu().numpy()), 0.0, 1.0)
@@ -233,7 +203,7 @@ def evaluate_split(
         The summary (as written to ``summary.json``).
 
     Raises:
-        medi2i.data.dataset.DatasetError: the split cannot be read.
+        medi2i.data.pairs.DatasetError: the split cannot be read.
         ValueError: bad arguments, or the model's output is not finite on some image.
     """
     if not isinstance(predictor, Predictor):
@@ -249,45 +219,15 @@ def evaluate_split(
     data_range = float(normalizer.out_hi - normalizer.out_lo)
     has_mask = any(rec.mask is not None for rec in dataset.records)
 
-    rows: list[dict[str, Any]] = []
-    worst: list[tuple[float, str, dict[str, torch.Tensor]]] = []
-    reference = "target"
-    predict_seconds = 0.0
-    not_finite: list[str] = []
-    for index in tqdm(range(len(dataset)), desc=f"evaluate {split}", disable=not progress):
-        item = dataset[index]
-        reference = reference_key(item)
-        x = item["input"][None]
-        ref = item[reference][None]
-        mask = item["mask"][None]
-        tic = time.perf_counter()
-        pred = predictor.predict_normalised(x).cpu()
-        predict_seconds += time.perf_counter() - tic
-        if not bool(torch.isfinite(pred).all()):
-            not_finite.append(str(item["name"]))
-            continue
-        for method, image in (("model", pred), ("identity", x)):
-            with torch.no_grad():
-                values = _floats(
-                    compute_metrics(image, ref, data_range=data_range, mask=mask, input=x)
-                )
-            values["blur_effect"] = float(blur_effect(image[0, 0].numpy()))
-            rows.append({"name": item["name"], "method": method, **values})
-        if worst_k > 0:
-            score = rows[-2][WORST_BY]
-            key = score if math.isfinite(score) else math.inf
-            worst.append((key, item["name"], {"input": x, "pred": pred, "ref": ref}))
-            worst.sort(key=lambda entry: entry[0])
-            del worst[worst_k:]
-
-    if not_finite:
-        shown = ", ".join(not_finite[:5]) + (" ..." if len(not_finite) > 5 else "")
-        raise ValueError(
-            f"the model's output contains NaN or infinite values on {len(not_finite)} of "
-            f"{len(dataset)} {split} images ({shown}): the weights are broken, most likely by "
-            "a training run that diverged (its summary.json counts the skipped non-finite "
-            "steps); no metrics were written"
-        )
+    scores = score_split(
+        predictor,
+        dataset,
+        data_range=data_range,
+        split=split,
+        worst_k=worst_k,
+        progress=progress,
+    )
+    rows, worst, reference = scores.rows, scores.worst, scores.reference
     _write_csv(out / "metrics.csv", rows)
     rng = np.random.default_rng(seed)
     methods: dict[str, dict[str, Any]] = {}
@@ -318,7 +258,7 @@ def evaluate_split(
         "worst_cases": [{"name": name, WORST_BY: key} for key, name, _ in worst],
         "seconds": {
             "total": time.perf_counter() - start,
-            "predict_per_image": predict_seconds / max(1, len(dataset)),
+            "predict_per_image": scores.predict_seconds / max(1, len(dataset)),
         },
     }
     if worst:
@@ -342,7 +282,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writeheader()
         for row in rows:
             writer.writerow(
-                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+                {k: (significant(v, 6) if isinstance(v, float) else v) for k, v in row.items()}
             )
 
 
@@ -372,15 +312,11 @@ def _worst_cases_png(
 # --------------------------------------------------------------------------------------------
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4g}"
-
-
 def _cell(stats: dict[str, Any] | None, signed: bool = False) -> str:
     if not stats or stats.get("mean") is None:
         return "n/a"
-    mean = f"{stats['mean']:+.4g}" if signed else _fmt(stats["mean"])
-    return f"{mean} [{_fmt(stats['ci_low'])}, {_fmt(stats['ci_high'])}]"
+    mean = significant(stats["mean"], 4, signed=signed)
+    return f"{mean} [{significant(stats['ci_low'], 4)}, {significant(stats['ci_high'], 4)}]"
 
 
 def format_table(summary: dict[str, Any]) -> str:

@@ -9,7 +9,8 @@ renders one to PNG bytes. A run keeps the same colour in every figure (:func:`ru
 
 Curves of training diagnostics (D outputs, loss shares, gradient norms, learning rates) use the
 step log when it exists (x = fractional epoch), else the per-epoch means; validation metrics are
-per epoch.
+per epoch. Every curve is optional: a key no run logged draws "not logged" (the figures compare
+runs of different modes). Keys are the logged names of :mod:`medi2i.run.scalars`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,20 @@ from matplotlib.ticker import MaxNLocator
 
 from medi2i.evaluation.diagnose.thresholds import GAN_SHARE_TARGET
 from medi2i.evaluation.runs import RunRecord
-from medi2i.losses import DECISION_THRESHOLDS, PART_NAMES
+from medi2i.losses import DECISION_THRESHOLDS
+from medi2i.run.scalars import (
+    D_ACC,
+    D_FAKE,
+    D_REAL,
+    NETWORKS,
+    PART_NAMES,
+    clip_rate_key,
+    epoch_key,
+    grad_norm_key,
+    lr_key,
+    share_key,
+    val_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +83,7 @@ if set(_PART_STYLES) != set(PART_NAMES):  # a new loss part needs a label and a 
 
 #: Loss parts of G, bottom to top of the stack (GAN first, so its top edge reads as its share).
 SHARE_PARTS: tuple[tuple[str, str, str], ...] = tuple(
-    (f"share_{part}", *_PART_STYLES[part]) for part in _PART_STYLES
+    (share_key(part), *_PART_STYLES[part]) for part in _PART_STYLES
 )
 
 
@@ -103,7 +117,7 @@ def _series(run: RunRecord, key: str) -> tuple[np.ndarray, np.ndarray]:
         x, y = run.series(key, source="steps")
         if np.isfinite(y).any():
             return x, y
-    x, y = run.series(f"train_{key}" if not key.startswith("lr_") else key)
+    x, y = run.series(epoch_key(key))
     return x, y
 
 
@@ -132,7 +146,7 @@ def validation_figure(runs: Sequence[RunRecord]) -> Figure | None:
     for ax, (key, title) in zip(axes.flat, VAL_PANELS):
         drawn = False
         for run, color in zip(runs, colors):
-            x, y = run.series(f"val_{key}")
+            x, y = run.series(val_key(key))
             if np.isfinite(y).any():
                 ax.plot(x, y, "o-", color=color, ms=3, lw=1.5)
                 drawn = True
@@ -166,15 +180,15 @@ def discriminator_figure(runs: Sequence[RunRecord]) -> Figure | None:
     thresholds, gap_thresholds = set(), set()
     for run, color in with_d:
         curves = {}
-        for key, style in (("D_real", "-"), ("D_fake", "--")):
+        for key, style in ((D_REAL, "-"), (D_FAKE, "--")):
             x, y = _series(run, key)
             curves[key] = (x, y)
             if y.size:
                 ax_out.plot(x, y, style, color=color, lw=1.4)
-        (xr, yr), (_, yf) = curves["D_real"], curves["D_fake"]
+        (xr, yr), (_, yf) = curves[D_REAL], curves[D_FAKE]
         if yr.size and yr.shape == yf.shape:
             ax_gap.plot(xr, np.maximum(np.abs(yr - yf), 1e-6), color=color, lw=1.4)
-        x, y = _series(run, "D_acc")
+        x, y = _series(run, D_ACC)
         if y.size:
             ax_acc.plot(x, y, "-", color=color, lw=1.4)
         thresholds.add(DECISION_THRESHOLDS.get(run.gan_mode, 0.5))
@@ -210,7 +224,7 @@ def loss_composition_figure(runs: Sequence[RunRecord]) -> Figure | None:
         return None
 
     def recon_only(run: RunRecord) -> bool:
-        others = [_series(run, key)[1] for key, _, _ in SHARE_PARTS if key != "share_recon"]
+        others = [_series(run, key)[1] for key, _, _ in SHARE_PARTS if key != share_key("recon")]
         return not any(np.nan_to_num(y).any() for y in others)
 
     omitted = [r for r in usable if recon_only(r)]
@@ -264,8 +278,8 @@ def loss_composition_figure(runs: Sequence[RunRecord]) -> Figure | None:
 
 def gradients_figure(runs: Sequence[RunRecord]) -> Figure | None:
     """Gradient norms before clipping (log scale, clip limit dotted) and clip rates, per net."""
-    nets = ("G", "R", "D")
-    if not any(_series(r, f"grad_norm_{n}")[1].size for r in runs for n in nets):
+    nets = NETWORKS
+    if not any(_series(r, grad_norm_key(n))[1].size for r in runs for n in nets):
         return None
     colors = run_colors(runs)
     fig, axes = _new_figure(2, 3, 12.0, 6.2)
@@ -274,12 +288,12 @@ def gradients_figure(runs: Sequence[RunRecord]) -> Figure | None:
         drawn = False
         limits = set()
         for run, color in zip(runs, colors):
-            x, y = _series(run, f"grad_norm_{net}")
+            x, y = _series(run, grad_norm_key(net))
             if not y.size:
                 continue
             drawn = True
             ax_n.plot(x, y, color=color, lw=1.3)
-            xc, yc = _series(run, f"clip_rate_{net}")
+            xc, yc = _series(run, clip_rate_key(net))
             if yc.size:
                 ax_c.plot(xc, yc, color=color, lw=1.3)
             limit = run.cfg(f"optim.{net}.grad_clip") or run.cfg("optim.grad_clip")
@@ -307,15 +321,15 @@ def gradients_figure(runs: Sequence[RunRecord]) -> Figure | None:
 
 def learning_rate_figure(runs: Sequence[RunRecord]) -> Figure | None:
     """Learning rates of G, R and D over training."""
-    nets = ("G", "R", "D")
-    if not any(_series(r, f"lr_{n}")[1].size for r in runs for n in nets):
+    nets = NETWORKS
+    if not any(_series(r, lr_key(n))[1].size for r in runs for n in nets):
         return None
     colors = run_colors(runs)
     fig, axes = _new_figure(1, 3, 12.0, 3.4)
     for ax, net in zip(axes.flat, nets):
         drawn = False
         for i, (run, color) in enumerate(zip(runs, colors)):
-            x, y = _series(run, f"lr_{net}")
+            x, y = _series(run, lr_key(net))
             if y.size:
                 # runs often share a schedule: earlier runs drawn wider so overlaps stay visible
                 width = 1.4 + 2.5 * (len(runs) - 1 - i) / max(1, len(runs) - 1)

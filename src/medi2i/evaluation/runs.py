@@ -16,6 +16,12 @@ checkpoint); every other file is optional and its absence is recorded, not fatal
 (how the trainer writes non-finite numbers) is read as NaN. A truncated last line of a JSONL
 file (a run killed mid-write) is skipped with a warning.
 
+Logged keys are named by :mod:`medi2i.run.scalars`. Reading a key is tolerant
+(:meth:`RunRecord.series`: a key no row has gives an empty series), for keys whose absence is
+legitimate (D's keys in a run without D, gradient shares with ``logging.gshare_every: 0``); a
+reader that cannot do its job without a key asks :meth:`RunRecord.require_series`, which raises
+:class:`MissingScalarError` naming the run, the file and the key.
+
 Decisions about a run (which is better, whether it is still improving) use its **validation**
 metrics (:meth:`RunRecord.decision_metrics`); the test split is held out for reporting
 (:meth:`RunRecord.final_metrics`), since choosing by it would leak it into the choice.
@@ -33,9 +39,13 @@ from typing import Any
 import numpy as np
 import yaml
 
+from medi2i.run.layout import RUN_MARKERS, RunLayout
+from medi2i.run.scalars import BEST_EPOCH, BEST_VALUE, EPOCH, EPOCH_SECONDS, STEP, val_name
+
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "MissingScalarError",
     "RunRecord",
     "cfg_get",
     "finite_or_none",
@@ -44,9 +54,6 @@ __all__ = [
     "run_label",
     "run_mode",
 ]
-
-#: Files whose presence makes a directory a run directory (at least one is needed).
-_RUN_MARKERS = ("config.yaml", "summary.json", "metrics/epochs.jsonl")
 
 
 def cfg_get(config: dict, dotted: str, default: Any = None) -> Any:
@@ -159,6 +166,10 @@ def finite_or_none(value: Any) -> float | None:
     return out if math.isfinite(out) else None
 
 
+class MissingScalarError(ValueError):
+    """A reader needs a logged key that no row of the run's log has."""
+
+
 @dataclass
 class RunRecord:
     """Everything a run directory records, read back as plain Python data.
@@ -211,13 +222,13 @@ class RunRecord:
     @property
     def has_checkpoint(self) -> bool:
         """Whether ``checkpoints/best.pt`` or ``checkpoints/last.pt`` exists."""
-        ckpt = self.path / "checkpoints"
-        return (ckpt / "best.pt").is_file() or (ckpt / "last.pt").is_file()
+        layout = RunLayout(self.path)
+        return layout.best_checkpoint.is_file() or layout.last_checkpoint.is_file()
 
     @property
     def config_path(self) -> Path:
         """``config.yaml`` of the run (it may not exist for a partial run)."""
-        return self.path / "config.yaml"
+        return RunLayout(self.path).config
 
     @property
     def pairs(self) -> dict[str, Any]:
@@ -314,7 +325,7 @@ class RunRecord:
     def epochs_done(self) -> int:
         """Number of finished epochs (from the epoch log, else the summary)."""
         if self.epochs:
-            return int(max(e.get("epoch", 0) for e in self.epochs))
+            return int(max(e.get(EPOCH, 0) for e in self.epochs))
         return int(self.summary.get("epochs", 0) or 0)
 
     @property
@@ -335,12 +346,12 @@ class RunRecord:
         best = self.summary.get("best")
         if isinstance(best, dict) and best.get("epoch") is not None:
             return dict(best)
-        if self.epochs and "best_epoch" in self.epochs[-1]:
+        if self.epochs and BEST_EPOCH in self.epochs[-1]:
             last = self.epochs[-1]
             return {
                 "metric": self.cfg("eval.best_metric", "psnr_mask"),
-                "value": last.get("best_value", math.nan),
-                "epoch": last.get("best_epoch"),
+                "value": last.get(BEST_VALUE, math.nan),
+                "epoch": last.get(BEST_EPOCH),
             }
         return {}
 
@@ -350,7 +361,7 @@ class RunRecord:
         wall = finite_or_none(self.summary.get("wall_seconds"))
         if wall is not None:
             return wall
-        times = [finite_or_none(e.get("epoch_seconds")) for e in self.epochs]
+        times = [finite_or_none(e.get(EPOCH_SECONDS)) for e in self.epochs]
         times = [t for t in times if t is not None]
         return float(sum(times)) if times else None
 
@@ -368,12 +379,7 @@ class RunRecord:
         Returns:
             Two float arrays of equal length (possibly empty); y may hold NaN.
         """
-        if source == "epochs":
-            rows, xkey = self.epochs, "epoch"
-        elif source == "steps":
-            rows, xkey = self.steps, "step"
-        else:
-            raise ValueError(f"source must be 'epochs' or 'steps', got {source!r}")
+        rows, xkey = self._log(source)
         pairs = [
             (float(r[xkey]), float(v))
             for r in rows
@@ -385,6 +391,35 @@ class RunRecord:
         if source == "steps" and self.steps_per_epoch:
             x = x / self.steps_per_epoch
         return x, y
+
+    def require_series(self, key: str, *, source: str = "epochs") -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`series` of a key the caller cannot do without.
+
+        A key that some row holds, even as null (NaN), is logged; one that no row holds was
+        never written, or is written under another name, and reading on would turn a finding
+        into "not logged".
+
+        Raises:
+            MissingScalarError: no row of the log has ``key`` (the message names the run, the
+                file and the key).
+        """
+        rows, _ = self._log(source)
+        if not any(key in row for row in rows):
+            layout = RunLayout(self.path)
+            path = layout.epochs if source == "epochs" else layout.steps
+            raise MissingScalarError(
+                f"run {self.name} ({self.path}): no row of {path.relative_to(self.path)} "
+                f"has the key {key!r} ({len(rows)} rows read)"
+            )
+        return self.series(key, source=source)
+
+    def _log(self, source: str) -> tuple[list[dict], str]:
+        """The rows of one log and their x key."""
+        if source == "epochs":
+            return self.epochs, EPOCH
+        if source == "steps":
+            return self.steps, STEP
+        raise ValueError(f"source must be 'epochs' or 'steps', got {source!r}")
 
     def has_key(self, key: str, *, source: str = "epochs") -> bool:
         """Whether any row of the log has a finite value for ``key``."""
@@ -406,9 +441,8 @@ class RunRecord:
         if isinstance(model, dict) and model:
             return {k: float(v) for k, v in _nan_for_none(model).items()}, "test"
         for row in reversed(self.epochs):
-            vals = {k[4:]: float(v) for k, v in row.items() if k.startswith("val_")}
-            if vals:
-                return vals, f"val, epoch {int(row.get('epoch', 0))}"
+            if vals := _val_metrics(row):
+                return vals, f"val, epoch {int(row.get(EPOCH, 0))}"
         return {}, "none"
 
     def decision_metrics(self) -> tuple[dict[str, float], str]:
@@ -428,18 +462,16 @@ class RunRecord:
             if metrics:
                 return metrics, f"val, best epoch {int(best)}"
         for row in reversed(self.epochs):
-            vals = {k[4:]: float(v) for k, v in row.items() if k.startswith("val_")}
-            if vals:
-                return vals, f"val, last epoch {int(row.get('epoch', 0))}"
+            if vals := _val_metrics(row):
+                return vals, f"val, last epoch {int(row.get(EPOCH, 0))}"
         return {}, "none"
 
     def val_metrics(self, epoch: int | None = None) -> dict[str, float]:
         """Validation metrics (``val_`` prefix removed) of ``epoch`` (default: the last one)."""
         for row in reversed(self.epochs):
-            if epoch is not None and int(row.get("epoch", -1)) != epoch:
+            if epoch is not None and int(row.get(EPOCH, -1)) != epoch:
                 continue
-            vals = {k[4:]: float(v) for k, v in row.items() if k.startswith("val_")}
-            if vals:
+            if vals := _val_metrics(row):
                 return vals
         return {}
 
@@ -449,6 +481,11 @@ class RunRecord:
         if isinstance(ident, dict) and ident:
             return {k: float(v) for k, v in _nan_for_none(ident).items()}
         return None
+
+
+def _val_metrics(row: dict) -> dict[str, float]:
+    """The ``val_`` values of an epoch row, keyed by metric (prefix removed)."""
+    return {name: float(v) for k, v in row.items() if (name := val_name(k)) is not None}
 
 
 def _finite_or_nan(value: Any) -> float | None:
@@ -517,18 +554,19 @@ def load_run(run_dir: str | Path) -> RunRecord:
     path = Path(run_dir)
     if not path.is_dir():
         raise ValueError(f"{path}: not a directory (expected a training run directory)")
-    if not any((path / marker).is_file() for marker in _RUN_MARKERS):
+    layout = RunLayout(path)
+    if not layout.is_run():
         raise ValueError(
-            f"{path}: not a run directory (expected at least one of {', '.join(_RUN_MARKERS)})"
+            f"{path}: not a run directory (expected at least one of {', '.join(RUN_MARKERS)})"
         )
     problems: list[str] = []
-    config = _read_yaml(path / "config.yaml", problems)
-    summary = _read_json(path / "summary.json", problems)
-    test_metrics = _read_json(path / "test_metrics.json", problems)
+    config = _read_yaml(layout.config, problems)
+    summary = _read_json(layout.summary, problems)
+    test_metrics = _read_json(layout.test_metrics, problems)
     if not test_metrics and isinstance(summary.get("test"), dict):
         test_metrics = summary["test"]
-    epochs = _read_jsonl(path / "metrics" / "epochs.jsonl", problems)
-    steps = _read_jsonl(path / "metrics" / "steps.jsonl", problems)
+    epochs = _read_jsonl(layout.epochs, problems)
+    steps = _read_jsonl(layout.steps, problems)
     record = RunRecord(
         path=path,
         name=path.resolve().name or str(path),

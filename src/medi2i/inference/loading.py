@@ -18,7 +18,8 @@ from medi2i.config import Config
 from medi2i.data.intensity import IntensityProfile
 from medi2i.data.normalization import Normalizer
 from medi2i.models import build_generator
-from medi2i.training.checkpoints import CheckpointManager, load_checkpoint
+from medi2i.run.checkpoint import load_checkpoint
+from medi2i.run.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,11 @@ def resolve_checkpoint(run_or_checkpoint: str | Path, which: str = "best") -> Pa
     path = Path(run_or_checkpoint)
     if path.is_file():
         return path
-    manager = CheckpointManager(path)
+    layout = RunLayout(path)
     candidates = (
-        [manager.best_path(), manager.last_path()] if which == "best" else [manager.last_path()]
+        [layout.best_checkpoint, layout.last_checkpoint]
+        if which == "best"
+        else [layout.last_checkpoint]
     )
     for candidate in candidates:
         if candidate.is_file():

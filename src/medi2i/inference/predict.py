@@ -25,11 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
-
 from medi2i.data.io import ImageIOError, is_image_file, read_image, write_image
 from medi2i.inference.predictor import Predictor
+from medi2i.utils.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -230,10 +228,10 @@ def predict_paths(
     pairs = collect_inputs(inputs, output_dir)
     out = check_output_folder(output_dir)
     summary = PredictSummary(ok=[], failed=[], seconds=0.0, output_dir=out)
-    with logging_redirect_tqdm():
-        for number, (src, dest) in enumerate(
-            tqdm(pairs, desc="predict", unit="image", disable=not progress)
-        ):
+    with Progress(
+        len(pairs), desc="predict", unit="image", enabled=progress, redirect_logging=True
+    ) as bar:
+        for number, (src, dest) in enumerate(bar.iterate(pairs)):
             if dest.exists() and not overwrite:
                 log.info("%s exists, skipped (pass overwrite to replace it)", dest)
                 summary.skipped.append(dest)

@@ -31,7 +31,7 @@ Diagnostics (detached tensors, no host sync: the trainer decides when to read th
 ``D_acc`` = ½·(fraction of real logits above the mode's decision threshold + fraction of fake
 logits below it), with ``D_acc_real`` / ``D_acc_fake`` its two halves. The threshold is the
 logit half-way between what D is trained to output on real and on fake (LSGAN targets 1 and 0;
-hinge margins ±1; BCE's σ(0) = ½).
+hinge margins ±1; BCE's σ(0) = ½). The names are those of :mod:`medi2i.run.scalars`.
 """
 
 from __future__ import annotations
@@ -43,6 +43,17 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from medi2i.run.scalars import (
+    D_ACC,
+    D_ACC_FAKE,
+    D_ACC_REAL,
+    D_FAKE,
+    D_FAKE_LOSS,
+    D_REAL,
+    D_REAL_LOSS,
+    scale_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +198,7 @@ def discriminator_stats(
     threshold = DECISION_THRESHOLDS[_check_mode(mode)]
     stats: dict[str, Tensor] = {}
     acc: dict[str, list[Tensor]] = {}
-    for which, outputs in (("real", real_outputs), ("fake", fake_outputs)):
+    for which, key, outputs in (("real", D_REAL, real_outputs), ("fake", D_FAKE, fake_outputs)):
         if outputs is None:
             continue
         scales = as_scales(outputs, f"{which}_outputs")
@@ -196,10 +207,10 @@ def discriminator_stats(
             for k, (logits, _) in enumerate(scales):
                 x = logits.detach().float()
                 means.append(x.mean())
-                stats[f"D_{which}_s{k}"] = means[-1]
+                stats[scale_key(key, k)] = means[-1]
                 hit = x > threshold if which == "real" else x < threshold
                 hits.append(hit.float().mean())
-            stats[f"D_{which}"] = _mean_over_scales(means)
+            stats[key] = _mean_over_scales(means)
         acc[which] = hits
     if "real" in acc and "fake" in acc:
         if len(acc["real"]) != len(acc["fake"]):
@@ -208,10 +219,10 @@ def discriminator_stats(
                 f"{len(acc['fake'])} scales"
             )
         for k, (r, f) in enumerate(zip(acc["real"], acc["fake"])):
-            stats[f"D_acc_s{k}"] = 0.5 * (r + f)
-        stats["D_acc_real"] = _mean_over_scales(acc["real"])
-        stats["D_acc_fake"] = _mean_over_scales(acc["fake"])
-        stats["D_acc"] = 0.5 * (stats["D_acc_real"] + stats["D_acc_fake"])
+            stats[scale_key(D_ACC, k)] = 0.5 * (r + f)
+        stats[D_ACC_REAL] = _mean_over_scales(acc["real"])
+        stats[D_ACC_FAKE] = _mean_over_scales(acc["fake"])
+        stats[D_ACC] = 0.5 * (stats[D_ACC_REAL] + stats[D_ACC_FAKE])
     return stats
 
 
@@ -259,7 +270,7 @@ class AdversarialLoss:
         fake_terms = [_fake_term(f.float(), self.mode).mean() for f, _ in fake]
         real_loss, fake_loss = _mean_over_scales(real_terms), _mean_over_scales(fake_terms)
         loss = 0.5 * (real_loss + fake_loss)
-        parts = {"d_real_loss": real_loss.detach(), "d_fake_loss": fake_loss.detach()}
+        parts = {D_REAL_LOSS: real_loss.detach(), D_FAKE_LOSS: fake_loss.detach()}
         parts.update(discriminator_stats(real, fake, mode=self.mode))
         return loss, parts
 

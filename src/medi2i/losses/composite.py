@@ -22,7 +22,8 @@ term to balance except R1, which has its own weight).
 
 All parts are detached 0-dim tensors; nothing here calls ``.item()`` or otherwise waits for the
 device, so the trainer chooses when to read them. These classes hold no parameters and are
-plain callables.
+plain callables. The parts' names are the logged names of :mod:`medi2i.run.scalars`
+(:data:`PART_NAMES` is defined there and re-exported here).
 """
 
 from __future__ import annotations
@@ -44,13 +45,24 @@ from medi2i.losses.adversarial import (
 )
 from medi2i.losses.reconstruction import reconstruction_loss
 from medi2i.losses.regularizers import smoothness_loss
+from medi2i.run.scalars import (
+    D_FAKE,
+    D_GAN,
+    D_REAL,
+    PART_NAMES,
+    R1,
+    RECON_DSSIM,
+    RECON_L1,
+    W_R1,
+    gnorm_key,
+    gshare_key,
+    share_key,
+    weighted_key,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["PART_NAMES", "DiscriminatorLoss", "GeneratorLoss", "gradient_shares", "loss_shares"]
-
-PART_NAMES: tuple[str, ...] = ("recon", "gan", "fm", "smooth")
-"""G's loss parts, in the order of ``w_<name>`` / ``share_<name>``."""
 
 _TINY = 1e-12
 
@@ -67,7 +79,7 @@ def loss_shares(weighted: dict[str, Tensor]) -> dict[str, Tensor]:
     names = list(weighted)
     magnitudes = torch.stack([weighted[n].detach().float().abs() for n in names])
     shares = 100.0 * magnitudes / magnitudes.sum().clamp_min(_TINY)
-    return {f"share_{n}": shares[i] for i, n in enumerate(names)}
+    return {share_key(n): shares[i] for i, n in enumerate(names)}
 
 
 class GeneratorLoss:
@@ -193,7 +205,7 @@ class GeneratorLoss:
                 )
         if fake_outputs is not None or real_outputs is not None:
             all_stats = discriminator_stats(real_outputs, fake_outputs, mode=cfg.gan_mode)
-            stats = {k: all_stats[k] for k in ("D_real", "D_fake") if k in all_stats}
+            stats = {k: all_stats[k] for k in (D_REAL, D_FAKE) if k in all_stats}
         if field is not None and self.smooth_weight > 0:
             raw["smooth"] = smoothness_loss(field, cfg.smooth_type)
 
@@ -205,8 +217,8 @@ class GeneratorLoss:
         }
         weighted = {name: weights[name] * raw[name] for name in PART_NAMES}
         raw_out = {n: raw[n].detach() for n in PART_NAMES}
-        raw_out["recon_l1"] = recon_parts["l1"]
-        raw_out["recon_dssim"] = recon_parts["dssim"]
+        raw_out[RECON_L1] = recon_parts["l1"]
+        raw_out[RECON_DSSIM] = recon_parts["dssim"]
         return weighted, raw_out, stats
 
     @staticmethod
@@ -219,7 +231,7 @@ class GeneratorLoss:
             ``(total, parts)`` as :meth:`__call__` describes.
         """
         total = weighted["recon"] + weighted["gan"] + weighted["fm"] + weighted["smooth"]
-        parts: dict[str, Tensor] = {f"w_{n}": weighted[n].detach() for n in PART_NAMES}
+        parts: dict[str, Tensor] = {weighted_key(n): weighted[n].detach() for n in PART_NAMES}
         parts.update(loss_shares(weighted))
         parts.update(raw)
         parts["total"] = total.detach()
@@ -259,8 +271,8 @@ def gradient_shares(weighted: dict[str, Tensor], output: Tensor) -> dict[str, Te
         )
     stacked = torch.stack(list(norms.values()))
     shares = 100.0 * stacked / stacked.sum().clamp_min(_TINY)
-    out = {f"gnorm_{n}": norms[n] for n in norms}
-    out.update({f"gshare_{n}": shares[i] for i, n in enumerate(norms)})
+    out = {gnorm_key(n): norms[n] for n in norms}
+    out.update({gshare_key(n): shares[i] for i, n in enumerate(norms)})
     return out
 
 
@@ -324,14 +336,14 @@ class DiscriminatorLoss:
         """
         gan, parts = self.adversarial.d_loss(real_outputs, fake_outputs)
         total = gan
-        parts["d_gan"] = gan.detach()
+        parts[D_GAN] = gan.detach()
         if apply_r1 and self.r1_factor > 0:
             if real_images is None:
                 raise ValueError("DiscriminatorLoss: apply_r1=True needs real_images")
             penalty = r1_penalty(real_outputs, real_images)
             weighted = self.r1_factor * penalty
             total = total + weighted
-            parts["r1"] = penalty.detach()
-            parts["w_r1"] = weighted.detach()
+            parts[R1] = penalty.detach()
+            parts[W_R1] = weighted.detach()
         parts["total"] = total.detach()
         return total, parts

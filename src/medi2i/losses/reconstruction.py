@@ -12,7 +12,7 @@ whatever the mask's size, so the loss does not jump when the lung is large or sm
 and every image in a batch counts the same.
 
 SSIM map and mask alignment. ``S`` is the *valid* SSIM map of
-:func:`medi2i.evaluation.metrics.ssim_map` (Gaussian window 11 px, σ 1.5, computed by MONAI's
+:func:`medi2i.metrics.ssim_map` (Gaussian window 11 px, σ 1.5, computed by MONAI's
 ``compute_ssim_and_cs``; differentiable). It is smaller than the image by the window's half-width
 ``b = 5`` px on each side, and its pixel ``(i, j)`` is the SSIM of the window centred on image
 pixel ``(i + b, j + b)``. ``w'`` is therefore the pixel weight map *cropped* by ``b`` on each
@@ -24,7 +24,7 @@ within ``b`` px of the image border do not count in the SSIM term (there the win
 the image); they still count in the L1 term. The crop is derived from the map's shape, so it
 follows the metrics module if its window ever changes.
 
-The SSIM code lives once, in :mod:`medi2i.evaluation.metrics`; this module only weights its map.
+The SSIM code lives once, in :mod:`medi2i.metrics`; this module only weights its map.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import logging
 import torch
 from torch import Tensor
 
-from medi2i.evaluation.metrics import ssim_map
+from medi2i.metrics import ssim_map
 
 logger = logging.getLogger(__name__)
 

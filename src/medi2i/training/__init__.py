@@ -1,1 +1,1 @@
-"""Training loop, EMA, schedules, checkpoints and diagnostics."""
+"""Training loop, EMA, schedules, sampler, run logs, epoch line, sample grids, validation."""

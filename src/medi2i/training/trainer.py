@@ -1,46 +1,16 @@
 """The training loop: G-only, G+R, G+D and G+R+D, with EMA validation and exact resume.
 
-One optimisation step, for a batch ``(x, y, mask)`` (input, possibly misaligned target, lung
-mask drawn in the input's frame)::
-
-    y_hat = G(x)
-    D step   (when D is on): D_loss = GAN(D(y), D(y_hat.detach())) [+ R1 on lazy steps]
-    G step:  with R on:  field = R(y_hat, y)   (learnt R, model.R.kind net)
-                             or R(y_hat.detach(), y, mask)   (fitted R, kind fit: no
-                             weights; G learns through the warped image only);
-                         [field -= running mean of the fields' affine part, model.R.center]
-                         pred = warp(y_hat, field);
-                         mask_t = warp(mask, field.detach())        (the target's frame)
-             with R off: pred = y_hat;  mask_t = mask
-             G_loss = w_recon(pred, y, mask_t) + gan_weight*GAN(D(y_hat))
-                      + feat_match_weight*FM(D(y), D(pred)) [+ smooth_weight*smooth(field),
-                        learnt R only]
-    clip each network's gradient norm (the norm before clipping is logged), then - unless a
-    loss or gradient is non-finite, in which case the step is skipped and counted - step the
-    optimisers and schedulers and update the EMA of G.
-
-Frames. Every position-wise comparison is made in the target's frame: the reconstruction,
-the lung weighting (the mask is warped by R's field, detached so that R cannot win by shrinking
-the weighted region) and feature matching, a position-wise L1 between D's feature maps, which
-against G's unwarped output would pull G towards reproducing the target's misalignment. The
-adversarial term alone is position-free, and D judges G's own output, as it was trained to.
-
-Gradient shares. Every ``logging.gshare_every`` steps each weighted term's gradient norm on
-``y_hat`` is measured (``gnorm_*``, ``gshare_*``): what drives G, which the loss values'
-shares (``share_*``) do not tell when a term's value is large but flat.
-
-D and G are updated simultaneously from the same parameters (both losses are computed before
-either optimiser steps), so one finite-check covers the whole step. D's real and fake halves
-go through D in one call (spectral normalisation's power iteration then uses the same weights
-for both). In the G step D's parameters are frozen and D is called unwrapped, so its gradients
-are never touched there - which also keeps DDP's gradient reduction for D in the D step only.
+The :class:`Trainer` builds the run's data and networks (:mod:`~medi2i.training.setup`), runs
+the epochs - each a sequence of :meth:`~medi2i.training.step.TrainStep.train_step` calls (the
+step, its losses and frames are told in :mod:`medi2i.training.step`) - validates, checkpoints,
+and tests the best weights at the end. :func:`train` is the entry point of ``medi2i train``.
 
 Validation, sample grids, best-checkpoint selection and the final test evaluation use the EMA
 generator (``EMA.module``), a separate copy: the online weights are never swapped or touched,
 so validation can never run on the online weights by mistake.
 
 Each epoch the run checks its own reconstruction loss and validation lung PSNR for a jump or a
-collapse (:mod:`medi2i.training.stability`) and reports it (log, console, ``summary.json``);
+collapse (:mod:`medi2i.run.stability`) and reports it (log, console, ``summary.json``);
 validation also measures whether D separates held-out real targets from the EMA generator's
 outputs (``val_D_acc``, ``val_D_gap``), the evidence that D is informative rather than at chance.
 
@@ -59,7 +29,6 @@ import math
 import random
 import shutil
 import time
-import warnings
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -68,44 +37,32 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader
 
-from medi2i import __version__
 from medi2i.config import Config, config_to_dict, save_config
-from medi2i.data.dataset import (
-    MissingSplitError,
-    PairedImageDataset,
-    build_dataloader,
-    build_dataset,
-    build_normalizer,
-    resolve_pairs,
-)
-from medi2i.data.intensity import IntensityProfile
-from medi2i.data.normalization import Normalizer
-from medi2i.evaluation.baseline import identity_baseline
-from medi2i.losses import DiscriminatorLoss, GeneratorLoss, gradient_shares
-from medi2i.models import build_discriminator, build_generator, build_registration
-from medi2i.models.discriminator import resolve_d_conditional
-from medi2i.models.field_centring import SystematicFieldRemoval
-from medi2i.models.registration import warp
-from medi2i.training.checkpoints import (
+from medi2i.inference.loading import LoadedGenerator
+from medi2i.inference.predictor import Predictor
+from medi2i.inference.scoring import score_split
+from medi2i.run.checkpoint import (
     CheckpointManager,
-    capture_rng_state,
     checkpoint_payload,
     load_checkpoint,
-    load_pretrained_generator,
-    restore_rng_state,
     save_checkpoint,
 )
-from medi2i.training.device import autocast, batch_tensor
-from medi2i.training.diagnostics import (
-    ProgressBar,
-    RunLogger,
-    RunningMeans,
-    epoch_summary_line,
-    sample_grid,
+from medi2i.run.layout import RunLayout
+from medi2i.run.scalars import (
+    BEST_EPOCH,
+    BEST_VALUE,
+    EPOCH,
+    EPOCH_SECONDS,
+    IMAGES_PER_S,
+    LOSS_G,
+    SKIPPED_STEPS,
+    lr_key,
+    train_key,
+    train_name,
+    val_key,
 )
+from medi2i.run.stability import WATCHED_KEYS, find_instabilities
 from medi2i.training.distributed import (
     DistContext,
     barrier,
@@ -113,40 +70,28 @@ from medi2i.training.distributed import (
     init_distributed,
     unwrap_model,
 )
-from medi2i.training.ema import EMA, resolve_warmup_steps
-from medi2i.training.sampler import EpochSampler
-from medi2i.training.schedules import build_scheduler
-from medi2i.training.stability import FALLBACK_KEYS, INSTABILITY_KEYS, find_instabilities
+from medi2i.training.epoch_line import epoch_summary_line
+from medi2i.training.launch import attach_file_log, mode_name, new_run_dir, resume_config
+from medi2i.training.run_logger import RunLogger
+from medi2i.training.running_means import RunningMeans
+from medi2i.training.samples import sample_grid
+from medi2i.training.setup import (
+    build_networks,
+    build_training_data,
+    optional_split,
+    trainable_networks,
+)
+from medi2i.training.state import capture_rng_state, restore_rng_state
+from medi2i.training.step import TrainingError, TrainStep
 from medi2i.training.validation import EvalResult, evaluate_generator
 from medi2i.utils.atomic import atomic_write_text
+from medi2i.utils.formatting import compact
+from medi2i.utils.progress import Progress
+from medi2i.utils.version import __version__
 
 log = logging.getLogger(__name__)
 
-_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-INTENSITY_PROFILE_IMAGES = 64
-"""Training inputs (evenly spaced) the stored intensity profile is measured on."""
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. too many non-finite steps in a row)."""
-
-
-def mode_name(cfg: Config) -> str:
-    """``G``, ``G+R``, ``G+D`` or ``G+R+D``."""
-    return "G" + ("+R" if cfg.model.R.enabled else "") + ("+D" if cfg.model.D.enabled else "")
-
-
-def _split(outputs: list, n: int) -> list[list]:
-    """Split D's outputs on ``cat([a, b, ...])`` (``n`` images each) into one output per part."""
-    parts = outputs[0][0].shape[0] // n
-    return [
-        [
-            (logits[k * n : (k + 1) * n], [f[k * n : (k + 1) * n] for f in feats])
-            for logits, feats in outputs
-        ]
-        for k in range(parts)
-    ]
+__all__ = ["Trainer", "TrainingError", "train"]  # TrainingError: raised by the step
 
 
 def _seed_everything(seed: int) -> None:
@@ -155,7 +100,7 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class Trainer:
+class Trainer(TrainStep):
     """Trains G (with R and D when enabled) as a config describes.
 
     Args:
@@ -174,6 +119,7 @@ class Trainer:
     ) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
+        self.layout = RunLayout(self.run_dir)
         self.ctx = ctx
         self.device = ctx.device
         tc = cfg.train
@@ -184,91 +130,33 @@ class Trainer:
         elif self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
 
-        # -- data ------------------------------------------------------------------------------
-        self.normalizer = (
-            Normalizer.from_state_dict(resume["normalizer"]) if resume else build_normalizer(cfg)
-        )
-        lo, hi = cfg.data.normalization.output_range
-        self.data_range = float(hi - lo)
-        self.train_set = build_dataset(cfg, "train", normalizer=self.normalizer)
-        # where the training inputs sit in the normalisation window: predict checks new images
-        # against it (checkpoint key intensity_profile)
-        self.intensity_profile = IntensityProfile.from_images(
-            self.train_set.raw_inputs(INTENSITY_PROFILE_IMAGES)
-        )
-        log.info("intensity profile: %s", self.intensity_profile.describe())
-        world_batch = cfg.data.batch_size * ctx.world_size
-        self.steps_per_epoch = tc.steps_per_epoch or max(1, len(self.train_set) // world_batch)
-        self.sampler = EpochSampler(
-            len(self.train_set),
-            batch_size=cfg.data.batch_size,
-            steps=self.steps_per_epoch,
-            seed=cfg.seed,
-            rank=ctx.rank,
-            world_size=ctx.world_size,
-        )
-        self.train_loader = build_dataloader(
-            self.train_set, cfg, shuffle=False, sampler=self.sampler, pin_memory=self._pin()
-        )
-        self.val_set = self._optional_split("val")
-        self.pairs_misaligned, why = resolve_pairs(cfg, self.train_set)
-        log.info(
-            "training pairs: %s (%s)", "misaligned" if self.pairs_misaligned else "aligned", why
-        )
-        self.pairs_reason = why
-        self.val_loader = self._eval_loader(self.val_set)
+        data = build_training_data(cfg, ctx, resume)
+        self.normalizer = data.normalizer
+        self.data_range = data.data_range
+        self.train_set = data.train_set
+        self.intensity_profile = data.intensity_profile
+        self.steps_per_epoch = data.steps_per_epoch
+        self.sampler = data.sampler
+        self.train_loader = data.train_loader
+        self.val_set = data.val_set
+        self.val_loader = data.val_loader
+        self.pairs_misaligned = data.pairs_misaligned
+        self.pairs_reason = data.pairs_reason
 
-        # -- networks, optimisers, schedules ---------------------------------------------------
-        self.G = build_generator(cfg.model.G, output_range=(lo, hi)).to(self.device)
-        self.R = None
-        if cfg.model.R.enabled:
-            self.R = build_registration(cfg.model.R, lung_weight=cfg.loss.lung_weight)
-            self.R = self.R.to(self.device)
-        # a fitted R has no weights: nothing to optimise, checkpoint or synchronise
-        self.r_learnt = self.R is not None and cfg.model.R.kind == "net"
-        self.r_centring = None
-        if self.R is not None and cfg.model.R.center:
-            self.r_centring = SystematicFieldRemoval(cfg.model.R.center_momentum)
-        self.d_conditional = False
-        self.d_in_target_frame = self.R is not None and cfg.model.D.frame == "target"
-        self.D = None
-        if cfg.model.D.enabled:
-            self.d_conditional = resolve_d_conditional(cfg.model, self.pairs_misaligned)
-            self.D = build_discriminator(cfg.model.D, self.d_conditional).to(self.device)
-            if self.D.front is not None and resume is None:
-                self.D.front.calibrate(self._calibration_targets())
-        self.memory_format = torch.channels_last if tc.channels_last else torch.preserve_format
-        for net in self._nets().values():
-            net.to(memory_format=self.memory_format)
-        warmup = resolve_warmup_steps(
-            tc.ema_decay, tc.ema_warmup_steps, pretrained=bool(tc.pretrained_G)
-        )
-        self.ema = EMA(self.G, tc.ema_decay, warmup)
-        if tc.pretrained_G and resume is None:
-            info = load_pretrained_generator(tc.pretrained_G, self.G, self.ema)
-            log.info("initialised G from %s: %s", tc.pretrained_G, info)
-        self.optimizers = {
-            name: self._make_optimizer(name, net) for name, net in self._nets().items()
-        }
-        self.schedulers = {
-            name: build_scheduler(
-                opt, cfg.optim, steps_per_epoch=self.steps_per_epoch, epochs=tc.epochs
-            )
-            for name, opt in self.optimizers.items()
-        }
-        self.amp_dtype = _AMP_DTYPES.get(tc.amp)
-        if self.amp_dtype is not None and self.device.type == "cpu" and tc.amp == "fp16":
-            raise ValueError("train.amp 'fp16' needs CUDA; use 'bf16' or 'off' on the CPU")
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc.amp == "fp16")
-        if ctx.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.G = DDP(self.G, device_ids=ids)
-            if self.r_learnt:
-                self.R = DDP(self.R, device_ids=ids)
-            if self.D is not None:
-                self.D = DDP(self.D, device_ids=ids)
-        self.g_loss = GeneratorLoss(cfg.loss, data_range=self.data_range)
-        self.d_loss = DiscriminatorLoss(cfg.loss)
+        nets = build_networks(cfg, ctx, data, resume)
+        self.G, self.R, self.D = nets.G, nets.R, nets.D
+        self.r_learnt = nets.r_learnt
+        self.r_centring = nets.r_centring
+        self.d_conditional = nets.d_conditional
+        self.d_in_target_frame = nets.d_in_target_frame
+        self.memory_format = nets.memory_format
+        self.ema = nets.ema
+        self.optimizers = nets.optimizers
+        self.schedulers = nets.schedulers
+        self.amp_dtype = nets.amp_dtype
+        self.scaler = nets.scaler
+        self.g_loss = nets.g_loss
+        self.d_loss = nets.d_loss
 
         # -- progress state --------------------------------------------------------------------
         self.epoch = 0  # the epoch being (or about to be) trained, 0-based
@@ -310,234 +198,8 @@ class Trainer:
     # set-up helpers
     # ------------------------------------------------------------------------------------------
 
-    def _pin(self) -> bool | None:
-        return None if self.cfg.data.pin_memory is not None else self.device.type == "cuda"
-
-    def _optional_split(self, split: str) -> PairedImageDataset | None:
-        try:
-            return build_dataset(self.cfg, split, normalizer=self.normalizer, train=False)
-        except MissingSplitError as exc:
-            log.warning("no %s split (%s); continuing without it", split, exc.problems[0])
-            return None
-
-    def _eval_loader(self, dataset: PairedImageDataset | None) -> DataLoader | None:
-        if dataset is None:
-            return None
-        indices = list(range(self.ctx.rank, len(dataset), self.ctx.world_size))
-        subset = torch.utils.data.Subset(dataset, indices)
-        return DataLoader(
-            subset,
-            batch_size=self.cfg.data.batch_size,
-            shuffle=False,
-            num_workers=self.cfg.data.num_workers,
-            pin_memory=bool(self._pin()),
-        )
-
-    def _calibration_targets(self, count: int = 32) -> list[torch.Tensor]:
-        """The first ``count`` training targets, whole and un-augmented (D's detail gain)."""
-        images = []
-        for index in range(min(count, len(self.train_set))):
-            arrays, _, _ = self.train_set.load_unit(index)
-            image = self.normalizer.unit_to_output(arrays["target"]).astype(np.float32)
-            images.append(torch.from_numpy(image)[None, None].to(self.device))
-        return images
-
     def _nets(self) -> dict[str, nn.Module]:
-        nets = {"G": self.G}
-        if self.r_learnt:
-            nets["R"] = self.R
-        if self.D is not None:
-            nets["D"] = self.D
-        return nets
-
-    def _make_optimizer(self, name: str, net: nn.Module) -> torch.optim.Optimizer:
-        oc = getattr(self.cfg.optim, name)
-        params = [p for p in net.parameters() if p.requires_grad]
-        kwargs = {"lr": oc.lr, "betas": tuple(oc.betas)}
-        if self.device.type == "cuda":
-            kwargs["fused"] = True
-        if oc.weight_decay > 0:
-            return torch.optim.AdamW(params, weight_decay=oc.weight_decay, **kwargs)
-        return torch.optim.Adam(params, **kwargs)
-
-    def _clip_limit(self, name: str) -> float | None:
-        own = getattr(self.cfg.optim, name).grad_clip
-        return own if own is not None else self.cfg.optim.grad_clip
-
-    def _autocast(self):
-        return autocast(self.device.type, self.amp_dtype)
-
-    # ------------------------------------------------------------------------------------------
-    # one step
-    # ------------------------------------------------------------------------------------------
-
-    def _clip(self, name: str) -> dict[str, torch.Tensor]:
-        """Unscale, measure and clip one network's gradient; returns detached diagnostics."""
-        opt = self.optimizers[name]
-        self.scaler.unscale_(opt)
-        params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
-        limit = self._clip_limit(name)
-        norm = torch.nn.utils.clip_grad_norm_(params, limit if limit else float("inf"))
-        norm = norm.detach()
-        out = {f"grad_norm_{name}": norm}
-        if limit:
-            fired = norm > limit
-            out[f"clip_rate_{name}"] = fired.float()
-            # fraction of the gradient's length removed by clipping ("clip cut 80%")
-            out[f"clip_cut_{name}"] = torch.where(fired, 1.0 - limit / norm, 0.0)
-        return out
-
-    def _to_device(self, batch: dict, key: str) -> torch.Tensor:
-        return batch_tensor(batch, key, self.device, self.memory_format)
-
-    def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        """One optimisation step of every network; returns detached diagnostics."""
-        x = self._to_device(batch, "input")
-        y = self._to_device(batch, "target")
-        mask = self._to_device(batch, "mask")
-        n = x.shape[0]
-        stats: dict[str, torch.Tensor] = {}
-        for opt in self.optimizers.values():
-            opt.zero_grad(set_to_none=True)
-
-        with self._autocast():
-            y_hat = self.G(x)
-        y_hat = y_hat.float()
-
-        # R's field first: every position-wise loss compares images in the target's frame:
-        # with R on that is warp(G(x)), and the lung mask (drawn in the input's frame) is
-        # warped by the same field, detached so that R cannot shrink the weighted region.
-        field = None
-        pred, pred_mask = y_hat, mask
-        if self.R is not None:
-            if self.r_learnt:
-                with self._autocast():
-                    # A learnt R reads G's output with its graph (RegGAN's formulation): G also
-                    # learns through the field. With a detached copy G learnt only through the
-                    # warp and ended 0.9 dB lower in lung PSNR on the benchmark's validation split.
-                    field = self.R(y_hat, y)
-            else:
-                # A fitted R registers G's output as it is and hands G's loss a fixed frame: G
-                # learns through the warped image, not through the field.
-                field = self.R(y_hat.detach(), y, mask)
-            field = field.float()
-            if self.r_centring is not None:
-                # a displacement common to the data is G's to fix, not R's to absorb
-                field = self.r_centring(field)
-                stats["field_systematic_px"] = self.r_centring.estimate()[:, 0].norm()
-            pred = warp(y_hat, field)
-            pred_mask = warp(mask, field.detach())
-            stats["field_max_px"] = field.detach().norm(dim=1).amax()
-        # D judges G's output as it is, or (model.D.frame: target) warped into the target's
-        # frame, where a conditional D sees real and fake pairs equally misaligned
-        judged = pred if self.d_in_target_frame else y_hat
-        d_total = None
-        cond = torch.cat([x, x]) if self.d_conditional else None
-        if self.D is not None:
-            apply_r1 = self.d_loss.r1_due(self.d_step)
-            real = y.detach().requires_grad_(apply_r1)
-            with self._autocast():
-                outputs = self.D(torch.cat([real, judged.detach()]), cond)
-            real_out, fake_out = _split(outputs, n)
-            d_total, d_parts = self.d_loss(real_out, fake_out, real_images=real, apply_r1=apply_r1)
-            self.scaler.scale(d_total).backward()
-            stats.update(
-                {k: v for k, v in d_parts.items() if k.startswith(("D_", "d_", "r1", "w_r1"))}
-            )
-            stats["loss_D"] = d_total.detach()
-            stats.update(self._clip("D"))
-
-        # G (and R) step
-        real_out = fake_out = fm_out = None
-        if self.D is not None:
-            # The GAN term judges what D was trained on: G's own output (position-free), or
-            # with model.D.frame: target the warped output. Feature matching is a position-wise
-            # L1 between D's feature maps of the target and of the image in the target's frame
-            # (warp(G(x)) with R on): against the unwarped output it would pull G towards
-            # reproducing the target's misalignment.
-            if self.d_in_target_frame:
-                # a learnt R's field is detached here: R registers, it does not learn to fool D
-                judged_g = warp(y_hat, field.detach()) if self.r_learnt else pred
-                images = [y, judged_g]
-            else:
-                images = [y, y_hat]
-                if self.R is not None and self.cfg.loss.feat_match_weight > 0:
-                    images.append(pred)
-            d_net = unwrap_model(self.D)
-            d_net.requires_grad_(False)
-            try:
-                cond_g = torch.cat([x] * len(images)) if self.d_conditional else None
-                with self._autocast():
-                    outputs = d_net(torch.cat(images), cond_g)
-                chunks = _split(outputs, n)
-                real_out, fake_out = chunks[0], chunks[1]
-                fm_out = chunks[2] if len(chunks) > 2 else None
-                if self.d_in_target_frame:
-                    fm_out = fake_out
-            finally:
-                d_net.requires_grad_(True)
-        weighted, raw, d_view = self.g_loss.weighted_terms(
-            pred,
-            y,
-            pred_mask,
-            fake_outputs=fake_out,
-            real_outputs=real_out,
-            fm_outputs=fm_out,
-            field=field if self.r_learnt else None,  # a fitted field is not G's to smooth
-        )
-        every = self.cfg.logging.gshare_every
-        if every and self.global_step % every == 0:
-            stats.update(gradient_shares(weighted, y_hat))
-        g_total, g_parts = self.g_loss.summarise(weighted, raw, d_view)
-        self.scaler.scale(g_total).backward()
-        for key in ("D_real", "D_fake", "total"):  # D's view comes from the D step; total=loss_G
-            g_parts.pop(key, None)
-        stats.update(g_parts)
-        stats["loss_G"] = g_total.detach()
-        stats.update(self._clip("G"))
-        if self.r_learnt:
-            stats.update(self._clip("R"))
-
-        # The step's only host sync: skip the update when anything is non-finite.
-        checks = [g_total.detach()] + ([d_total.detach()] if d_total is not None else [])
-        if not self.scaler.is_enabled():  # fp16's scaler handles inf gradients itself
-            checks += [v for k, v in stats.items() if k.startswith("grad_norm_")]
-        finite = bool(torch.isfinite(torch.stack([c.float() for c in checks])).all())
-        if finite:
-            for opt in self.optimizers.values():
-                self.scaler.step(opt)
-            decay = self.ema.update(unwrap_model(self.G), self.global_step)
-            stats["ema_decay"] = torch.tensor(decay)
-            self.nonfinite_in_row = 0
-        else:
-            self.skipped_steps += 1
-            self.nonfinite_in_row += 1
-            log.warning(
-                "non-finite loss or gradient at step %d (epoch %d): step skipped "
-                "(%d in a row, %d in total)",
-                self.global_step,
-                self.epoch,
-                self.nonfinite_in_row,
-                self.skipped_steps,
-            )
-            if self.nonfinite_in_row >= self.cfg.train.max_nonfinite_steps:
-                raise TrainingError(
-                    f"{self.nonfinite_in_row} non-finite steps in a row (train."
-                    f"max_nonfinite_steps={self.cfg.train.max_nonfinite_steps}); stopping. "
-                    "Lower the learning rates, check the data for NaNs, or use amp: off."
-                )
-            stats = {}  # a skipped step's numbers are not finite: keep them out of the means
-        self.scaler.update()
-        with warnings.catch_warnings():
-            # a skipped first step trips torch's "scheduler before optimizer" warning; the
-            # schedule follows the step count either way
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-            for sched in self.schedulers.values():
-                sched.step()
-        if self.D is not None:
-            self.d_step += 1
-        self.global_step += 1
-        return stats
+        return trainable_networks(self.G, self.R if self.r_learnt else None, self.D)
 
     # ------------------------------------------------------------------------------------------
     # epochs
@@ -548,16 +210,19 @@ class Trainer:
         return iter(self.train_loader)
 
     def _learning_rates(self) -> dict[str, float]:
-        return {f"lr_{name}": s.get_last_lr()[0] for name, s in self.schedulers.items()}
+        return {lr_key(name): s.get_last_lr()[0] for name, s in self.schedulers.items()}
 
     def train_epoch(self) -> dict[str, float]:
         """Train the rest of the current epoch; returns the epoch's mean diagnostics."""
         cfg = self.cfg
         epoch_means, window = RunningMeans(), RunningMeans()
-        bar = ProgressBar(
+        bar = Progress(
             self.steps_per_epoch - self.step_in_epoch,
             desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}",
+            unit="step",
             enabled=self.ctx.is_main and cfg.logging.progress,
+            terminal_only=True,
+            leave=False,
         )
         window_start, window_images = time.perf_counter(), 0
         for net in self._nets().values():
@@ -575,9 +240,9 @@ class Trainer:
                     now = time.perf_counter()
                     scalars = window.means()
                     scalars.update(self._learning_rates())
-                    scalars["images_per_s"] = window_images / max(now - window_start, 1e-9)
+                    scalars[IMAGES_PER_S] = window_images / max(now - window_start, 1e-9)
                     self.logger.log_step(self.global_step, self.epoch, scalars)
-                    bar.update(1, loss_G=scalars.get("loss_G", float("nan")))
+                    bar.update(1, loss_G=compact(scalars.get(LOSS_G, float("nan"))))
                     window.reset()
                     window_start, window_images = now, 0
                 every = cfg.train.save_every_steps
@@ -620,20 +285,20 @@ class Trainer:
         """Train to ``train.epochs``; returns the final summary (also ``summary.json``)."""
         cfg, tc = self.cfg, self.cfg.train
         if self.ctx.is_main:
-            save_config(cfg, self.run_dir / "config.yaml")
+            save_config(cfg, self.layout.config)
         try:
             while self.epoch < tc.epochs:
                 start = time.perf_counter()
                 train_stats = self.train_epoch()
-                scalars = {f"train_{k}": v for k, v in train_stats.items()}
+                scalars = {train_key(k): v for k, v in train_stats.items()}
                 scalars.update(self._learning_rates())
-                scalars["skipped_steps"] = float(self.skipped_steps)
+                scalars[SKIPPED_STEPS] = float(self.skipped_steps)
                 is_best = False
                 last = self.epoch + 1 == tc.epochs
                 if (self.epoch + 1) % tc.val_every == 0 or last:
                     result = self.validate()
                     if result is not None:
-                        scalars.update({f"val_{k}": v for k, v in result.metrics.items()})
+                        scalars.update({val_key(k): v for k, v in result.metrics.items()})
                         key = cfg.eval.best_metric
                         if key not in result.metrics:
                             raise ValueError(
@@ -650,9 +315,10 @@ class Trainer:
                 self.epoch += 1
                 self.step_in_epoch = 0
                 if self.best["value"] is not None:
-                    scalars.update(best_value=self.best["value"], best_epoch=self.best["epoch"])
-                scalars["epoch_seconds"] = seconds
-                scalars["images_per_s"] = (
+                    scalars[BEST_VALUE] = self.best["value"]
+                    scalars[BEST_EPOCH] = self.best["epoch"]
+                scalars[EPOCH_SECONDS] = seconds
+                scalars[IMAGES_PER_S] = (
                     self.steps_per_epoch * cfg.data.batch_size * self.ctx.world_size / seconds
                 )
                 self.logger.log_epoch(self.epoch, scalars)
@@ -663,9 +329,9 @@ class Trainer:
                         tc.epochs,
                         {
                             **{
-                                k[len("train_") :]: v
+                                name: v
                                 for k, v in scalars.items()
-                                if k.startswith("train_")
+                                if (name := train_name(k)) is not None
                             },
                             **scalars,
                             "best_metric": cfg.eval.best_metric,
@@ -690,9 +356,7 @@ class Trainer:
         a best checkpoint from before the break and could pass for a fair ablation arm; it says
         so itself, in the log, on the console and in ``summary.json`` (``instabilities``).
         """
-        keys = [key for key, _ in INSTABILITY_KEYS]
-        keys += [FALLBACK_KEYS[k] for k in keys if k in FALLBACK_KEYS]
-        row = {"epoch": self.epoch, **{k: float(scalars[k]) for k in keys if k in scalars}}
+        row = {EPOCH: self.epoch, **{k: float(scalars[k]) for k in WATCHED_KEYS if k in scalars}}
         self.history.append(row)
         for jump in find_instabilities(self.history):
             if jump.epoch != self.epoch:
@@ -717,7 +381,7 @@ class Trainer:
             "val/samples",
             rgb,
             self.epoch + 1,
-            save_png=self.run_dir / "samples" / f"epoch_{self.epoch + 1:04d}.png",
+            save_png=self.layout.sample_grid(self.epoch + 1),
         )
 
     # ------------------------------------------------------------------------------------------
@@ -811,121 +475,69 @@ class Trainer:
         if cfg.eval.test_at_end:
             summary["test"] = self.test_best()
         if self.ctx.is_main:
-            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            atomic_write_text(self.layout.summary, json.dumps(summary, indent=2) + "\n")
         return summary
 
     def test_best(self) -> dict[str, Any] | None:
-        """The best (else last) EMA weights on the test split, beside the identity baseline."""
-        test_set = self._optional_split("test")
+        """The best (else last) EMA weights on the test split, beside the identity baseline.
+
+        Scored by :func:`~medi2i.inference.scoring.score_split`, the path ``medi2i evaluate``
+        takes, so ``test_metrics.json`` holds the same metrics (means over the test images) as
+        the evaluation report. The main process scores; the others return ``None``.
+        """
+        test_set = optional_split(self.cfg, "test", self.normalizer) if self.ctx.is_main else None
         if test_set is None:
             return None
-        source = "last"
         best_path = self.checkpoints.best_path()
-        ema_net = self.ema.module
+        ema_net, source, epoch = self.ema.module, "last", self.epoch
         if best_path.is_file():
             state = load_checkpoint(best_path, map_location=self.device)
             ema_net = copy.deepcopy(self.ema.module)  # same architecture, the best's weights
             ema_net.load_state_dict(state["ema"]["G"])
-            ema_net.eval()
-            source = f"best (epoch {state.get('epoch')})"
-        result = evaluate_generator(
-            ema_net,
-            self._eval_loader(test_set),
-            ctx=self.ctx,
-            data_range=self.data_range,
-            autocast_dtype=self.amp_dtype,
+            epoch = state.get("epoch")
+            source = f"best (epoch {epoch})"
+        loaded = LoadedGenerator(
+            generator=ema_net,
+            config=self.cfg,
+            normalizer=self.normalizer,
+            checkpoint=best_path if best_path.is_file() else self.checkpoints.last_path(),
+            weights="ema",
+            epoch=epoch,
+            intensity=self.intensity_profile,
         )
-        baseline, reference = identity_baseline(test_set, data_range=self.data_range)
+        was_training = ema_net.training
+        try:
+            scores = score_split(
+                Predictor(loaded, device=self.device),
+                test_set,
+                data_range=self.data_range,
+                split="test",
+            )
+        finally:
+            ema_net.train(was_training)
         report = {
             "weights": f"EMA, {source}",
-            "reference": result.reference,
-            "images": result.images,
-            "model": result.metrics,
-            "identity": {k: baseline[k] for k in result.metrics if k in baseline},
+            "reference": scores.reference,
+            "images": scores.images,
+            "model": scores.means("model"),
+            "identity": scores.means("identity"),
         }
-        if self.ctx.is_main:
-            atomic_write_text(
-                self.run_dir / "test_metrics.json", json.dumps(report, indent=2) + "\n"
-            )
-            m, b = report["model"], report["identity"]
-            print(
-                f"test ({result.images} images, vs {reference}, {report['weights']}): "
-                f"PSNR {m['psnr']:.2f} dB (identity {b['psnr']:.2f}), "
-                f"lung {m['psnr_mask']:.2f} (identity {b['psnr_mask']:.2f}); "
-                f"SSIM {m['ssim']:.4f} (identity {b['ssim']:.4f}), "
-                f"lung {m['ssim_mask']:.4f} (identity {b['ssim_mask']:.4f})",
-                flush=True,
-            )
+        atomic_write_text(self.layout.test_metrics, json.dumps(report, indent=2) + "\n")
+        m, b = report["model"], report["identity"]
+        print(
+            f"test ({scores.images} images, vs {scores.reference}, {report['weights']}): "
+            f"PSNR {m['psnr']:.2f} dB (identity {b['psnr']:.2f}), "
+            f"lung {m['psnr_mask']:.2f} (identity {b['psnr_mask']:.2f}); "
+            f"SSIM {m['ssim']:.4f} (identity {b['ssim']:.4f}), "
+            f"lung {m['ssim_mask']:.4f} (identity {b['ssim_mask']:.4f})",
+            flush=True,
+        )
         return report
 
 
 # ----------------------------------------------------------------------------------------------
 # entry point
 # ----------------------------------------------------------------------------------------------
-
-
-#: What a run writes into its directory; any of them means the folder already holds a run.
-_RUN_ENTRIES = ("checkpoints", "config.yaml", "metrics", "samples", "summary.json", "train.log")
-
-
-def _new_run_dir(cfg: Config, out: str | None) -> Path:
-    if out is not None:
-        run_dir = Path(out)
-        checkpoints = run_dir / "checkpoints"
-        if checkpoints.is_dir() and any(checkpoints.glob("*.pt")):
-            raise ValueError(
-                f"{run_dir} already holds a run; continue it with --resume {run_dir} "
-                "or choose another --out"
-            )
-        # A run stopped before its first checkpoint cannot be resumed, and starting again in
-        # its folder would append to its logs (step 1 twice in steps.jsonl).
-        leftovers = [name for name in _RUN_ENTRIES if (run_dir / name).exists()]
-        if leftovers:
-            raise ValueError(
-                f"{run_dir} holds files of an earlier run ({', '.join(leftovers)}) but no "
-                "checkpoint to resume from; delete them or choose another --out"
-            )
-        return run_dir
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(cfg.train.out_dir) / f"{stamp}-{mode_name(cfg)}"
-
-
-def _attach_file_log(run_dir: Path) -> logging.Handler:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
-    handler.setLevel(logging.INFO)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    root = logging.getLogger("medi2i")
-    if root.level > logging.INFO or root.level == logging.NOTSET:
-        root.setLevel(logging.INFO)
-        for h in root.handlers:  # keep the console as quiet as the user asked
-            if h.level == logging.NOTSET:
-                h.setLevel(logging.WARNING)
-    root.addHandler(handler)
-    return handler
-
-
-def resume_config(run_dir: Path, overrides: list[str]) -> tuple[Config, dict]:
-    """The config and state of the run's newest readable checkpoint (``last.pt``, else the
-    most recent other one, with a warning); only ``train.epochs`` may change. Partial files
-    that a kill during a save left behind are removed first.
-
-    Raises:
-        ValueError: no (readable) checkpoint, or an override other than ``train.epochs``.
-    """
-    from medi2i.config import build_config
-
-    manager = CheckpointManager(run_dir)
-    if not manager.dir.is_dir() or not any(manager.dir.glob("*.pt")):
-        raise ValueError(f"nothing to resume: {manager.dir} holds no checkpoint")
-    manager.remove_partial_files()
-    _, state = manager.load_latest()
-    bad = [o for o in overrides if not o.startswith("train.epochs=")]
-    if bad:
-        raise ValueError(
-            "a resumed run keeps its config (only train.epochs=N may change); got " + ", ".join(bad)
-        )
-    return build_config(state["config"], overrides), state
 
 
 def train(
@@ -949,11 +561,11 @@ def train(
         run_dir = Path(resume)
     else:
         assert cfg is not None
-        run_dir = _new_run_dir(cfg, out)
+        run_dir = new_run_dir(cfg, out)
     ctx = init_distributed(cfg.train.device)
     created = resume is None and not run_dir.exists()
     rejected = False
-    handler = _attach_file_log(run_dir) if ctx.is_main else None
+    handler = attach_file_log(run_dir) if ctx.is_main else None
     try:
         if ctx.is_main:
             log.info("run directory %s (medi2i %s)", run_dir, __version__)

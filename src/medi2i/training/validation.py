@@ -1,7 +1,8 @@
 """Evaluate a generator on a split: mean metrics, gathered over ranks, plus sample images.
 
 The trainer calls this with the **EMA** generator (``EMA.module``), never the online one: the
-online weights are not even passed in, so validation cannot use or disturb them.
+online weights are not even passed in, so validation cannot use or disturb them. D's statistics
+on the validation images carry the names of :mod:`medi2i.run.scalars` (``VAL_D_STATS``).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from medi2i.evaluation.baseline import reference_key
-from medi2i.evaluation.metrics import compute_metrics
 from medi2i.losses.adversarial import DECISION_THRESHOLDS
+from medi2i.metrics import compute_metrics, reference_key
+from medi2i.run.scalars import D_ACC, D_FAKE, D_GAP, D_REAL
 from medi2i.training.device import autocast, batch_tensor
 from medi2i.training.distributed import DistContext, all_reduce_sum
 
@@ -52,17 +53,15 @@ def _d_separation(
         outputs = d(torch.cat([real, pred]), torch.cat([x, x]) if conditional else None)
     finally:
         d.train(was_training)
-    out: dict[str, list[torch.Tensor]] = {"D_real": [], "D_fake": [], "D_acc": []}
+    out: dict[str, list[torch.Tensor]] = {D_REAL: [], D_FAKE: [], D_ACC: []}
     threshold = DECISION_THRESHOLDS[gan_mode]
     for logits, _ in outputs:
         r, f = logits[:n].float().flatten(1), logits[n:].float().flatten(1)
-        out["D_real"].append(r.mean(1))
-        out["D_fake"].append(f.mean(1))
-        out["D_acc"].append(
-            0.5 * ((r > threshold).float().mean(1) + (f < threshold).float().mean(1))
-        )
+        out[D_REAL].append(r.mean(1))
+        out[D_FAKE].append(f.mean(1))
+        out[D_ACC].append(0.5 * ((r > threshold).float().mean(1) + (f < threshold).float().mean(1)))
     means = {k: torch.stack(v).mean(0) for k, v in out.items()}  # over scales, per image
-    means["D_gap"] = means["D_real"] - means["D_fake"]
+    means[D_GAP] = means[D_REAL] - means[D_FAKE]
     return means
 
 
@@ -92,7 +91,7 @@ def evaluate_generator(
         autocast_dtype: run the generator under autocast with this dtype (None = off).
         sample_count: keep this many first images (input, output, reference, mask).
         max_images: stop after this many images on this rank.
-        metrics: metric names for :func:`~medi2i.evaluation.metrics.compute_metrics`.
+        metrics: metric names for :func:`~medi2i.metrics.compute_metrics`.
         discriminator: D, to measure whether it tells held-out real targets from the
             generator's outputs: adds ``D_real``, ``D_fake`` (mean logits), ``D_gap``
             (their difference) and ``D_acc`` (patch accuracy at the mode's threshold) on these

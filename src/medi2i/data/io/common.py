@@ -4,9 +4,11 @@ returned float32 array, dtype ranges, rounding and clipping to a stored dtype)."
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import operator
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,21 @@ class ImageIOError(ValueError):
 
     def __reduce__(self):  # keep picklable (DataLoader workers send exceptions back)
         return (type(self), (self.path, self.problem))
+
+
+@contextlib.contextmanager
+def failures_as(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Turn any failure inside the block into an :class:`ImageIOError` naming ``path``.
+
+    The message is ``"<what> (<the library's error>)"``: the file, what medi2i was doing and
+    why the library refused. An :class:`ImageIOError` raised inside passes through as it is.
+    """
+    try:
+        yield
+    except ImageIOError:
+        raise
+    except Exception as exc:
+        raise ImageIOError(path, f"{what} ({exc})") from exc
 
 
 @dataclass

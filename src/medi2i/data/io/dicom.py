@@ -23,6 +23,7 @@ from medi2i.data.io.common import (
     _has_dicom_magic,
     _no_slices,
     _round_clip,
+    failures_as,
     logger,
 )
 from medi2i.utils.atomic import atomic_path
@@ -73,12 +74,8 @@ def _lut_bits(item: Dataset) -> int:
 def _read_dicom(
     src: Path, slice_index: int | None, apply_voi: bool
 ) -> tuple[np.ndarray, ImageMeta]:
-    try:
+    with failures_as(src, "cannot read DICOM, the file is corrupt or truncated"):
         ds = pydicom.dcmread(src, force=True)
-    except Exception as exc:
-        raise ImageIOError(
-            src, f"cannot read DICOM, the file is corrupt or truncated ({exc})"
-        ) from exc
     pixel_keyword = next(
         (k for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData") if k in ds), None
     )
@@ -153,10 +150,8 @@ def _read_dicom(
         elif "WindowCenter" in ds and "WindowWidth" in ds:
             voi_applied = "window"  # pydicom maps the window onto the modality output range
         if voi_applied:
-            try:
+            with failures_as(src, "cannot apply the DICOM VOI LUT/window"):
                 values = np.asarray(apply_voi_lut(values, ds, prefer_lut=True), dtype=np.float64)
-            except Exception as exc:
-                raise ImageIOError(src, f"cannot apply the DICOM VOI LUT/window ({exc})") from exc
             logger.debug("%s: applied VOI %s", src, voi_applied)
         else:
             logger.debug("%s: apply_voi requested but no VOI LUT or window present", src)
@@ -321,12 +316,9 @@ def _write_dicom(dest: Path, arr: np.ndarray, meta: ImageMeta) -> None:
             stored.tobytes(),
         )
     _derive_dicom_dataset(ds, meta)
-    try:
-        with atomic_path(dest) as tmp:
-            if _PYDICOM_MAJOR >= 3:
-                pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
-            else:  # pragma: no cover - pydicom 2.x
-                ds.is_little_endian, ds.is_implicit_VR = True, False
-                pydicom.dcmwrite(tmp, ds, write_like_original=False)
-    except Exception as exc:
-        raise ImageIOError(dest, f"cannot write DICOM ({exc})") from exc
+    with failures_as(dest, "cannot write DICOM"), atomic_path(dest) as tmp:
+        if _PYDICOM_MAJOR >= 3:
+            pydicom.dcmwrite(tmp, ds, enforce_file_format=True)
+        else:  # pragma: no cover - pydicom 2.x
+            ds.is_little_endian, ds.is_implicit_VR = True, False
+            pydicom.dcmwrite(tmp, ds, write_like_original=False)

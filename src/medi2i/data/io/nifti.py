@@ -9,17 +9,21 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from medi2i.data.io.common import ImageIOError, ImageMeta, _finish, _no_slices, _to_dtype, logger
+from medi2i.data.io.common import (
+    ImageIOError,
+    ImageMeta,
+    _finish,
+    _no_slices,
+    _to_dtype,
+    failures_as,
+    logger,
+)
 from medi2i.utils.atomic import atomic_path
 
 
 def _read_nifti(src: Path, slice_index: int | None) -> tuple[np.ndarray, ImageMeta]:
-    try:
+    with failures_as(src, "cannot read NIfTI, the file is corrupt or truncated"):
         img = nib.load(src, mmap=False)
-    except Exception as exc:
-        raise ImageIOError(
-            src, f"cannot read NIfTI, the file is corrupt or truncated ({exc})"
-        ) from exc
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise ImageIOError(src, f"expected a NIfTI-1/2 image, got {type(img).__name__}")
     volume_shape = tuple(int(s) for s in img.shape)
@@ -57,12 +61,8 @@ def _read_nifti(src: Path, slice_index: int | None) -> tuple[np.ndarray, ImageMe
             f"expected a 2D image or 3D volume, got {len(shape)}D NIfTI of shape {volume_shape}",
         )
     index = index + (0,) * (len(volume_shape) - len(index))
-    try:
+    with failures_as(src, "cannot read NIfTI data, the file may be truncated"):
         data = np.asanyarray(img.dataobj[index])
-    except Exception as exc:
-        raise ImageIOError(
-            src, f"cannot read NIfTI data, the file may be truncated ({exc})"
-        ) from exc
     header = img.header
     # nibabel moves scl_slope/scl_inter from the loaded header into the array proxy
     slope = float(getattr(img.dataobj, "slope", 1.0))
@@ -126,10 +126,8 @@ def _write_nifti(dest: Path, arr: np.ndarray, meta: ImageMeta) -> None:
     if header is not None:
         img.set_sform(affine, code=int(header["sform_code"]))
         img.set_qform(affine, code=int(header["qform_code"]))
-    try:
+    with failures_as(dest, "cannot encode NIfTI"):
         payload = img.to_bytes()
-    except Exception as exc:
-        raise ImageIOError(dest, f"cannot encode NIfTI ({exc})") from exc
     if dest.name.lower().endswith(".gz"):
         payload = gzip.compress(payload, mtime=0)
     logger.debug("%s: writing NIfTI shape %s dtype %s", dest, data.shape, dtype)

@@ -21,6 +21,7 @@ from medi2i.data.io.common import (
     _round_clip,
     _squeeze_2d,
     _to_dtype,
+    failures_as,
     logger,
 )
 from medi2i.utils.atomic import atomic_path
@@ -79,15 +80,13 @@ def write_png(path: str | os.PathLike, array: np.ndarray) -> Path:
 
 def _read_png(src: Path) -> tuple[np.ndarray, dict[str, Any]]:
     """Read a greyscale PNG's stored values and describe how they were stored."""
-    try:
-        with Image.open(src) as img:
-            img.load()
-            mode, fmt, info = img.mode, img.format, dict(img.info)
-            arr = np.array(img)
-    except Exception as exc:
-        raise ImageIOError(
-            src, f"cannot read PNG, the file is corrupt or truncated ({exc})"
-        ) from exc
+    with (
+        failures_as(src, "cannot read PNG, the file is corrupt or truncated"),
+        Image.open(src) as img,
+    ):
+        img.load()
+        mode, fmt, info = img.mode, img.format, dict(img.info)
+        arr = np.array(img)
     if fmt != "PNG":
         logger.warning("%s: file is %s, not PNG; reading it anyway", src, fmt)
     if mode in ("P", "PA"):
@@ -177,45 +176,41 @@ def _write_png_image(dest: Path, arr: np.ndarray, meta: ImageMeta) -> None:
 
 
 def _read_tiff(src: Path, slice_index: int | None) -> tuple[np.ndarray, ImageMeta]:
-    try:
-        with tifffile.TiffFile(src) as tif:
-            n_pages = len(tif.pages)
-            if n_pages == 0:
-                raise ImageIOError(src, "TIFF file has no pages")
-            if n_pages > 1 and slice_index is None:
-                raise ImageIOError(
-                    src,
-                    f"multi-page TIFF with {n_pages} pages; pass slice_index (0..{n_pages - 1})",
-                )
-            k = slice_index or 0
-            if k >= n_pages:
-                raise ImageIOError(src, f"slice_index={k} out of range for {n_pages} pages")
-            page = tif.pages[k]
-            samples = int(page.samplesperpixel)
-            if samples != 1:
-                raise ImageIOError(
-                    src, f"expected single-channel greyscale TIFF, got {samples} samples per pixel"
-                )
-            data = page.asarray()
-            tags = page.tags
-            resolution = None
-            if "XResolution" in tags and "YResolution" in tags:
-                resolution = (tuple(tags["XResolution"].value), tuple(tags["YResolution"].value))
-            unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else None
-            extra = {
-                "photometric": int(page.photometric),
-                "resolution": resolution,
-                "resolutionunit": unit,
-                "description": page.description or None,
-                "page_index": k,
-                "n_pages": n_pages,
-            }
-    except ImageIOError:
-        raise
-    except Exception as exc:
-        raise ImageIOError(
-            src, f"cannot read TIFF, the file is corrupt or truncated ({exc})"
-        ) from exc
+    with (
+        failures_as(src, "cannot read TIFF, the file is corrupt or truncated"),
+        tifffile.TiffFile(src) as tif,
+    ):
+        n_pages = len(tif.pages)
+        if n_pages == 0:
+            raise ImageIOError(src, "TIFF file has no pages")
+        if n_pages > 1 and slice_index is None:
+            raise ImageIOError(
+                src,
+                f"multi-page TIFF with {n_pages} pages; pass slice_index (0..{n_pages - 1})",
+            )
+        k = slice_index or 0
+        if k >= n_pages:
+            raise ImageIOError(src, f"slice_index={k} out of range for {n_pages} pages")
+        page = tif.pages[k]
+        samples = int(page.samplesperpixel)
+        if samples != 1:
+            raise ImageIOError(
+                src, f"expected single-channel greyscale TIFF, got {samples} samples per pixel"
+            )
+        data = page.asarray()
+        tags = page.tags
+        resolution = None
+        if "XResolution" in tags and "YResolution" in tags:
+            resolution = (tuple(tags["XResolution"].value), tuple(tags["YResolution"].value))
+        unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else None
+        extra = {
+            "photometric": int(page.photometric),
+            "resolution": resolution,
+            "resolutionunit": unit,
+            "description": page.description or None,
+            "page_index": k,
+            "n_pages": n_pages,
+        }
     if data.dtype == np.bool_:
         data = data.astype(np.uint8)
     if data.dtype.kind not in "iuf":
@@ -251,11 +246,8 @@ def _write_tiff(dest: Path, arr: np.ndarray, meta: ImageMeta) -> None:
     if extra.get("description"):
         kwargs["description"] = str(extra["description"])
     logger.debug("%s: writing TIFF dtype %s", dest, dtype)
-    try:
-        with atomic_path(dest) as tmp:
-            tifffile.imwrite(tmp, data, **kwargs)
-    except Exception as exc:
-        raise ImageIOError(dest, f"cannot write TIFF ({exc})") from exc
+    with failures_as(dest, "cannot write TIFF"), atomic_path(dest) as tmp:
+        tifffile.imwrite(tmp, data, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,12 +256,8 @@ def _write_tiff(dest: Path, arr: np.ndarray, meta: ImageMeta) -> None:
 
 
 def _read_npy(src: Path, slice_index: int | None) -> tuple[np.ndarray, ImageMeta]:
-    try:
+    with failures_as(src, "cannot read NPY, the file is corrupt or not a .npy"):
         data = np.load(src, allow_pickle=False)
-    except Exception as exc:
-        raise ImageIOError(
-            src, f"cannot read NPY, the file is corrupt or not a .npy ({exc})"
-        ) from exc
     if not isinstance(data, np.ndarray):
         if hasattr(data, "close"):
             data.close()

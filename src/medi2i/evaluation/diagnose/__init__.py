@@ -16,21 +16,25 @@ Every verdict rests on evidence that cannot mislead in the usual ways:
   nearly constant value while pulling little (LSGAN with D at chance: ``(D_fake - 1)^2 ~ 0.25``).
 * **Ablations above D's outputs**, and the exact command for a missing one.
 
-The rules, in :data:`RULES` order, each a pure function returning a :class:`Finding`:
+The rules, in :data:`RULES` order, each a pure function returning a :class:`Decision` (a
+status, the case that decided it and the evidence, no sentences) that the wording turns into a
+:class:`Finding`:
 
-1. ``misaligned_without_r`` - misaligned pairs reach G's loss with R off: G's L1-optimal output is
+1. ``diverged`` - non-finite training steps or validation values: every other finding then
+   describes a broken run.
+2. ``misaligned_without_r`` - misaligned pairs reach G's loss with R off: G's L1-optimal output is
    blurred whatever the loss weights; fix that before judging D or the weights.
-2. ``conditional_d_misaligned`` - D is conditioned on the input while the pairs are misaligned:
+3. ``conditional_d_misaligned`` - D is conditioned on the input while the pairs are misaligned:
    D can reward misalignment.
-3. ``unstable_training`` - a loss jump or validation collapse (the run's own ``instabilities``,
-   else :func:`medi2i.training.stability.find_instabilities` on its epoch log), in the run or
+4. ``unstable_training`` - a loss jump or validation collapse (the run's own ``instabilities``,
+   else :func:`medi2i.run.stability.find_instabilities` on its epoch log), in the run or
    its baseline: an ablation with such an arm is not trustworthy.
-4. ``ablation`` - what D (and R) add against the baseline, with intervals; the command for a
+5. ``ablation`` - what D (and R) add against the baseline, with intervals; the command for a
    missing ablation, and the verdict about D marked provisional without one.
-5. ``d_ineffective`` - ``D_real ~ D_fake`` with ``D_acc`` at chance; weighed below the ablation.
-6. ``blurry_loss_weights`` - D on, outputs still blurry -> loss weights from the gradient shares.
-7. ``d_clipping`` - D's gradient clipping fires on most steps -> R1 or a higher limit.
-8. ``still_improving`` - a heuristic on the validation trend: train longer.
+6. ``d_ineffective`` - ``D_real ~ D_fake`` with ``D_acc`` at chance; weighed below the ablation.
+7. ``blurry_loss_weights`` - D on, outputs still blurry -> loss weights from the gradient shares.
+8. ``d_clipping`` - D's gradient clipping fires on most steps -> R1 or a higher limit.
+9. ``still_improving`` - a heuristic on the validation trend: train longer.
 
 Each threshold, and how it was chosen, is documented where it is defined, in
 :mod:`~medi2i.evaluation.diagnose.thresholds`.
@@ -44,16 +48,26 @@ evaluation and its cache), :mod:`~medi2i.evaluation.diagnose.stats` (intervals a
 :mod:`~medi2i.evaluation.diagnose.ablation` (ablations and the commands for a missing one),
 :mod:`~medi2i.evaluation.diagnose.weights` (blur and loss weights from gradient shares) and
 :mod:`~medi2i.evaluation.diagnose.progress` (still improving),
-:mod:`~medi2i.evaluation.diagnose.report` (``Finding``, ``Diagnosis`` and their wording) and
-:mod:`~medi2i.evaluation.diagnose.core` (``diagnose_run``). Import the public names from
-``medi2i.evaluation.diagnose``; the submodules are implementation details.
+:mod:`~medi2i.evaluation.diagnose.wording` (every sentence of the verdicts, one entry per rule
+and case), :mod:`~medi2i.evaluation.diagnose.report` (``Decision``, ``Finding``, ``Diagnosis``
+and the report's layout) and :mod:`~medi2i.evaluation.diagnose.core` (``diagnose_run``). Import
+the public names from ``medi2i.evaluation.diagnose``; the submodules are implementation details.
 """
 
 from __future__ import annotations
 
 from medi2i.evaluation.diagnose.ablation import AblationPlan, ablation_plans
 from medi2i.evaluation.diagnose.core import diagnose_run
-from medi2i.evaluation.diagnose.report import Diagnosis, Finding, format_diagnosis
+from medi2i.evaluation.diagnose.report import (
+    NOT_APPLICABLE,
+    NOT_EVALUATED,
+    NOT_TRIGGERED,
+    TRIGGERED,
+    Decision,
+    Diagnosis,
+    Finding,
+    format_diagnosis,
+)
 from medi2i.evaluation.diagnose.stats import MetricComparison, ci_verdict, welch_interval
 from medi2i.evaluation.diagnose.thresholds import (
     ACC_BAND,
@@ -79,10 +93,15 @@ __all__ = [
     "D_GAP_THRESHOLDS",
     "GAN_SHARE_AIM",
     "GAN_SHARE_TARGET",
+    "NOT_APPLICABLE",
+    "NOT_EVALUATED",
+    "NOT_TRIGGERED",
     "RULES",
     "SHARPNESS_BLUR",
     "SLOPE_DB_PER_EPOCH",
+    "TRIGGERED",
     "AblationPlan",
+    "Decision",
     "Diagnosis",
     "Finding",
     "MetricComparison",

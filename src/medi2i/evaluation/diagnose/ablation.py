@@ -1,6 +1,10 @@
 """Ablations: the ``ablation`` rule (what D and R add against a baseline, with intervals) and
 the same-seed, same-budget plans for a missing ablation, as commands (``medi2i diagnose
---run-ablation`` trains them)."""
+--run-ablation`` trains them).
+
+The rule is a pure function returning a :class:`~medi2i.evaluation.diagnose.report.Decision`:
+the comparison's outcome and caveats as ``{"case": ...}`` dicts, the missing ablations as argv
+lists; :mod:`~medi2i.evaluation.diagnose.wording` words them."""
 
 from __future__ import annotations
 
@@ -9,9 +13,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from medi2i.evaluation.diagnose.comparison import _comparison_text, _outcome
-from medi2i.evaluation.diagnose.evidence import _config_differences, _names
-from medi2i.evaluation.diagnose.report import Finding, _fmt
+from medi2i.evaluation.diagnose.comparison import _outcome
+from medi2i.evaluation.diagnose.evidence import _config_differences, _train_argv
+from medi2i.evaluation.diagnose.report import (
+    NOT_APPLICABLE,
+    NOT_TRIGGERED,
+    TRIGGERED,
+    Decision,
+)
 from medi2i.evaluation.diagnose.thresholds import RULE_ABLATION
 from medi2i.evaluation.runs import RunRecord, finite_or_none
 
@@ -33,7 +42,6 @@ class AblationPlan:
         config: the run's ``config.yaml``.
         overrides: config overrides that remove the arm.
         out: where the ablation is written.
-        command: the shell command (``medi2i train ...``).
     """
 
     arm: str
@@ -41,7 +49,16 @@ class AblationPlan:
     config: str
     overrides: tuple[str, ...]
     out: str
-    command: str
+
+    @property
+    def argv(self) -> list[str]:
+        """The command as an argument list: ``medi2i train --config ... --out ...``."""
+        return _train_argv(self.config, self.overrides, self.out)
+
+    @property
+    def command(self) -> str:
+        """The command as a shell command line."""
+        return shlex.join(self.argv)
 
 
 def ablation_plans(run: RunRecord, arms: Sequence[str] | None = None) -> list[AblationPlan]:
@@ -58,23 +75,16 @@ def ablation_plans(run: RunRecord, arms: Sequence[str] | None = None) -> list[Ab
     wanted = [
         a for a in (arms or ("D", "R")) if (a == "D" and run.has_D) or (a == "R" and run.has_R)
     ]
-    plans = []
-    for arm in wanted:
-        overrides = (f"model.{arm}.enabled=false",)
-        out = f"{run.path}-no{arm}"
-        command = " ".join(
-            [
-                "medi2i train --config",
-                shlex.quote(str(run.config_path)),
-                *overrides,
-                "--out",
-                shlex.quote(out),
-            ]
+    return [
+        AblationPlan(
+            arm,
+            str(run.path),
+            str(run.config_path),
+            (f"model.{arm}.enabled=false",),
+            f"{run.path}-no{arm}",
         )
-        plans.append(
-            AblationPlan(arm, str(run.path), str(run.config_path), overrides, out, command)
-        )
-    return plans
+        for arm in wanted
+    ]
 
 
 def _arm(run: RunRecord, base: RunRecord) -> str:
@@ -97,86 +107,65 @@ def _rule_ablation(
     bases: Sequence[RunRecord],
     comparison: dict[str, Any] | None,
     unstable: Sequence[str],
-) -> Finding:
+) -> Decision:
     run = runs[0]
     if not run.has_D and not run.has_R and not bases:
-        return Finding(
-            RULE_ABLATION,
-            False,
-            f"Not applicable: this run trains G alone ({run.mode}) and no baseline was given.",
-            applicable=False,
-        )
+        return Decision(RULE_ABLATION, NOT_APPLICABLE, "g_only", detail={"mode": run.mode})
     evidence: dict[str, Any] = {"baselines": [b.name for b in bases]}
-    texts: list[str] = []
+    detail: dict[str, Any] = {}
     triggered = False
     arm = _arm(run, bases[0]) if bases else None
     covered = {"D": arm in ("D", "R and D"), "R": arm in ("R", "R and D")}
-    if bases and comparison is not None:
+    compared = bool(bases) and comparison is not None
+    if compared:
         metrics = comparison["metrics"]
-        who = "D" if arm == "D" else "R" if arm == "R" else "R and D" if arm == "R and D" else None
-        outcome = _outcome(metrics, who or "this run's setup")
+        who = arm if arm in ("D", "R", "R and D") else None  # None: this run's setup
+        outcome = {"case": _outcome(metrics), "arm": who}
         evidence.update(
             arm=arm,
             source=comparison["source"],
             outcome=outcome,
             metrics={k: asdict(v) for k, v in metrics.items()},
         )
-        texts.append(
-            f"Against {_names(bases)} ({bases[0].mode}; run - baseline, {comparison['source']}): "
-            f"{_comparison_text(metrics) or 'no comparable lung metrics'} -> {outcome}."
-        )
-        if who is not None and "D" in who and "adds measurable quality" not in outcome:
+        detail["baseline_mode"] = bases[0].mode
+        if who is not None and "D" in who and outcome["case"] != "adds":
             triggered = True
         caveats = list(comparison["caveats"])
         if arm == "mixed":
             caveats.append(
-                f"the baseline ({bases[0].mode}) is not the run ({run.mode}) with networks "
-                "removed, so it ablates nothing cleanly"
+                {"case": "mixed_baseline", "run_mode": run.mode, "base_mode": bases[0].mode}
             )
         if any(b.mode != bases[0].mode for b in bases):
-            caveats.append("the baselines do not all train the same networks")
+            caveats.append({"case": "baseline_modes_differ"})
         free = [p for a, on in covered.items() if on for p in _ARM_FREE[a]]
         diffs = _config_differences(run, bases[0], free)
         if len(runs) > 1 or len(bases) > 1:
             diffs.pop("seed", None)
         if diffs:
             evidence["config_differences"] = diffs
-            shown = ", ".join(
-                f"{k} ({_fmt(a)} vs {_fmt(b)})" for k, (a, b) in list(diffs.items())[:4]
-            )
-            caveats.append(f"not a clean ablation, it also differs in {shown}")
+            caveats.append({"case": "config_differs", "differences": dict(list(diffs.items())[:4])})
         run_steps = finite_or_none(run.summary.get("steps"))
         base_steps = finite_or_none(bases[0].summary.get("steps"))
         if run_steps and base_steps and run_steps != base_steps:
-            caveats.append(f"budgets differ ({run_steps:.0f} vs {base_steps:.0f} steps)")
+            caveats.append({"case": "budgets_differ", "steps": [run_steps, base_steps]})
         evidence["steps"] = [run_steps, base_steps]
         if unstable:
-            caveats.append(
-                f"not trustworthy: {', '.join(unstable)} trained unstably (see unstable_training)"
-                " - an ablation is only as honest as its weakest arm"
-            )
+            caveats.append({"case": "unstable_arm", "names": list(unstable)})
             triggered = True
         if caveats:
             evidence["caveats"] = caveats
-            texts.append("Caveat: " + "; ".join(caveats) + ".")
     missing = [p for r in runs for p in ablation_plans(r) if not covered[p.arm]]
     if missing:
         arms = sorted({p.arm for p in missing})
         # a missing ablation of D is always worth acting on (D is what diagnose judges); one of R
         # only when R is the run's sole addition to G
         triggered = triggered or "D" in arms or not run.has_D
-        evidence["commands"] = [p.command for p in missing]
-        if "D" in arms:
-            texts.append(
-                "No baseline without D was given, so the verdict about D is provisional: D's "
-                "outputs alone cannot prove D useful or useless. Run the same-seed, same-budget "
-                "ablation and pass it as --baseline:"
-            )
-        else:
-            texts.append("No baseline without R was given; the ablation that shows what R adds:")
-        texts.append("; ".join(p.command for p in missing) + ".")
-        if "D" in arms and "R" in arms:
-            texts.append("(The run without R shows what registration adds.)")
-    if not texts:
-        texts.append("Nothing to compare.")
-    return Finding(RULE_ABLATION, triggered, " ".join(texts), evidence)
+        evidence["commands"] = [p.argv for p in missing]
+        detail["missing_arms"] = arms
+    if compared:
+        case = "compared_missing" if missing else "compared"
+    else:
+        case = "missing" if missing else "nothing"
+    return Decision(
+        RULE_ABLATION, TRIGGERED if triggered else NOT_TRIGGERED, case, evidence, detail
+    )

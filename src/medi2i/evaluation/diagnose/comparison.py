@@ -2,8 +2,9 @@
 
 :func:`_compare_sides` evaluates every run per image (:func:`evaluate_val_per_image`, looked up
 here, where a test replaces it) for paired or per-seed intervals, and falls back to the logged
-validation means when that is switched off or fails; :func:`_comparison_text` and
-:func:`_outcome` word the result for the ``ablation`` rule.
+validation means when that is switched off or fails; :func:`_outcome` sums the verdicts up as a
+case key for the ``ablation`` rule. Caveats are ``{"case": ...}`` dicts that
+:mod:`~medi2i.evaluation.diagnose.wording` words.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from medi2i.evaluation.diagnose.evidence import _metric
-from medi2i.evaluation.diagnose.report import _signed
 from medi2i.evaluation.diagnose.stats import MetricComparison, _by_seeds, _paired
 from medi2i.evaluation.diagnose.thresholds import DECISION_METRICS
 from medi2i.evaluation.diagnose.valeval import PerImageMetrics, evaluate_val_per_image
@@ -38,9 +38,10 @@ def _compare_sides(
     """Run side vs baseline side on the validation split, with intervals where possible.
 
     Returns:
-        ``{"source", "metrics" (metric -> MetricComparison), "caveats", "evaluated"}``.
+        ``{"source", "metrics" (metric -> MetricComparison), "caveats" (``{"case": ...}``
+        dicts), "evaluated"}``.
     """
-    caveats: list[str] = []
+    caveats: list[dict[str, Any]] = []
     per_image: dict[str, PerImageMetrics] = {}
     why_no_eval = "evaluation switched off (--no-eval)"
     if evaluate:
@@ -61,19 +62,12 @@ def _compare_sides(
             common &= set(e.names)
         names = [n for n in evals[0].names if n in common]
         if len({len(e.names) for e in evals}) > 1 or len(names) < len(evals[0].names):
-            caveats.append(
-                f"the runs' validation sets differ; {len(names)} images common to all are compared"
-            )
+            caveats.append({"case": "validation_sets_differ", "common": len(names)})
         if len({e.reference for e in evals}) > 1:
-            caveats.append(
-                "the runs were measured against different references ("
-                + ", ".join(sorted({e.reference for e in evals}))
-                + "), so their numbers are not comparable"
-            )
+            references = sorted({e.reference for e in evals})
+            caveats.append({"case": "references_differ", "references": references})
         if len({e.units for e in evals}) > 1:
-            caveats.append(
-                "the runs normalise intensities differently; PSNR/HFEN/GMSD differ in scale"
-            )
+            caveats.append({"case": "units_differ"})
         if names:
             cached = sum(e.cached for e in evals)
             source = "best EMA generators evaluated per image on the validation split" + (
@@ -127,32 +121,19 @@ def _compare_sides(
     return {"source": source, "metrics": metrics, "caveats": caveats, "evaluated": False}
 
 
-def _comparison_text(metrics: dict[str, MetricComparison]) -> str:
-    parts = []
-    for metric, _, name, unit in DECISION_METRICS:
-        c = metrics.get(metric)
-        if c is None or c.delta is None:
-            continue
-        digits = 2 if unit else 4  # dB to 0.01; HFEN/GMSD are fractions
-        text = f"{name} {_signed(c.delta, digits, unit)}"
-        if c.ci_low is not None and c.ci_high is not None:
-            text += f" [{_signed(c.ci_low, digits)}, {_signed(c.ci_high, digits)}]"
-        text += f" ({c.verdict})"
-        parts.append(text)
-    return ", ".join(parts)
-
-
-def _outcome(metrics: dict[str, MetricComparison], arm: str) -> str:
+def _outcome(metrics: dict[str, MetricComparison]) -> str:
+    """The comparison's verdicts summed up: ``none`` (no metric), ``no_ci``, ``adds`` (only
+    better), ``mixed``, ``worse`` or ``no_difference`` (within noise)."""
     verdicts = [c.verdict for c in metrics.values()]
     if not verdicts:
-        return "no comparable validation metrics"
+        return "none"
     if all(v == "no CI" for v in verdicts):
-        return f"undecided: no confidence interval, so no verdict about {arm}"
+        return "no_ci"
     better, worse = verdicts.count("better"), verdicts.count("worse")
     if better and not worse:
-        return f"{arm} adds measurable quality"
+        return "adds"
     if better and worse:
-        return f"mixed: {arm} trades one measure for another"
+        return "mixed"
     if worse:
-        return f"{arm} made the result worse"
-    return f"no measurable difference from {arm} (within noise)"
+        return "worse"
+    return "no_difference"

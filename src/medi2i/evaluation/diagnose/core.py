@@ -1,6 +1,7 @@
 """The entry point: :func:`diagnose_run` reads the run(s) and baseline(s), compares them on the
-validation split and applies every rule, in
-:data:`~medi2i.evaluation.diagnose.thresholds.RULES` order."""
+validation split, applies every rule, in
+:data:`~medi2i.evaluation.diagnose.thresholds.RULES` order, and words each rule's decision
+(:func:`~medi2i.evaluation.diagnose.wording.word`)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from medi2i.evaluation.diagnose.rules import (
 )
 from medi2i.evaluation.diagnose.thresholds import BOOTSTRAP_RESAMPLES
 from medi2i.evaluation.diagnose.weights import _rule_blurry
+from medi2i.evaluation.diagnose.wording import word
 from medi2i.evaluation.runs import load_run
 
 log = logging.getLogger(__package__)  # one logger for the package: medi2i.evaluation.diagnose
@@ -133,15 +135,15 @@ def diagnose_run(
         name for name, ev in unstable.evidence.items() if isinstance(ev, dict) and ev.get("jumps")
     ]
     ablation = _rule_ablation(runs, bases, comparison, unstable_names)
-    d_finding = _rule_d_ineffective(run, last_epochs, ablation)
-    findings = [
+    d_ineffective = _rule_d_ineffective(run, last_epochs, ablation)
+    decisions = [
         diverged,
         misaligned,
         conditional,
         unstable,
         ablation,
-        d_finding,
-        _rule_blurry(run, last_epochs, d_finding, misaligned, ablation, bases),
+        d_ineffective,
+        _rule_blurry(run, last_epochs, d_ineffective, misaligned, ablation, bases),
         _rule_d_clipping(run, last_epochs),
         _rule_still_improving(run, bases[0] if bases else None, last_epochs),
     ]
@@ -158,7 +160,7 @@ def diagnose_run(
         mode=run.mode,
         baseline=str(bases[0].path) if bases else None,
         epochs_used=epochs_used,
-        findings=findings,
+        findings=[word(d) for d in decisions],
         notes=notes,
         runs=[str(r.path) for r in runs],
         baselines=[str(b.path) for b in bases],

@@ -1,6 +1,7 @@
 """Reading the evidence from a run: means of its logged series over the last epochs, its
 validation metrics, its setup (pairs, R, D conditioning), its loss jumps and how its config
-differs from another run's."""
+differs from another run's; the pieces the rules share (the ``no_d`` decision of a rule about
+D, a suggested ``medi2i train`` command as an argv list)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from medi2i.evaluation.diagnose.report import NOT_APPLICABLE, Decision
 from medi2i.evaluation.runs import RunRecord, finite_or_none
-from medi2i.training.stability import find_instabilities
+from medi2i.run.scalars import EPOCH
+from medi2i.run.stability import WATCHED_KEYS, find_instabilities
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:
@@ -24,7 +27,7 @@ def _round(value: float | None, digits: int = 4) -> float | None:
 
 def _last_rows(run: RunRecord, n: int) -> list[dict]:
     """The last ``n`` epoch rows (fewer when the run is shorter)."""
-    rows = sorted(run.epochs, key=lambda r: r.get("epoch", 0))
+    rows = sorted(run.epochs, key=lambda r: r.get(EPOCH, 0))
     return rows[-n:] if n > 0 else rows
 
 
@@ -72,8 +75,7 @@ def _instabilities(run: RunRecord) -> tuple[list[dict[str, Any]] | None, str]:
     recorded = run.instabilities
     if recorded is not None:
         return recorded, "summary.json"
-    keys = ("train_w_recon", "train_loss_G", "val_psnr_mask", "val_psnr")
-    if not any(run.has_key(k) for k in keys):
+    if not any(run.has_key(k) for k in WATCHED_KEYS):
         return None, "not logged (no instabilities in summary.json, no loss or PSNR in the log)"
     return [j.to_dict() for j in find_instabilities(run.epochs)], "epoch log"
 
@@ -119,3 +121,15 @@ def _config_differences(
 
 def _names(runs: Sequence[RunRecord]) -> str:
     return ", ".join(r.name for r in runs)
+
+
+def _without_d(rule: str, run: RunRecord) -> Decision | None:
+    """The ``no_d`` decision of a rule about D for a run without D, else None."""
+    if run.has_D:
+        return None
+    return Decision(rule, NOT_APPLICABLE, "no_d", detail={"mode": run.mode})
+
+
+def _train_argv(config: str, overrides: Sequence[str], out: str) -> list[str]:
+    """``medi2i train --config CONFIG OVERRIDES... --out OUT`` as an argument list."""
+    return ["medi2i", "train", "--config", config, *overrides, "--out", out]

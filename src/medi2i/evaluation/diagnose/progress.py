@@ -1,5 +1,8 @@
 """The ``still_improving`` rule, a heuristic on the validation trend: a run (or its G-only
-baseline) still improving at the end should train longer before runs are compared."""
+baseline) still improving at the end should train longer before runs are compared.
+
+The rule is a pure function returning a :class:`~medi2i.evaluation.diagnose.report.Decision`;
+:mod:`~medi2i.evaluation.diagnose.wording` words it."""
 
 from __future__ import annotations
 
@@ -8,14 +11,21 @@ from typing import Any
 import numpy as np
 
 from medi2i.evaluation.diagnose.evidence import _round
-from medi2i.evaluation.diagnose.report import Finding
+from medi2i.evaluation.diagnose.report import (
+    NOT_EVALUATED,
+    NOT_TRIGGERED,
+    TRIGGERED,
+    Decision,
+)
 from medi2i.evaluation.diagnose.thresholds import RULE_STILL_IMPROVING, SLOPE_DB_PER_EPOCH
 from medi2i.evaluation.runs import RunRecord, finite_or_none
+from medi2i.run.scalars import val_key
 
 
 def _progress(run: RunRecord, n: int) -> dict[str, Any]:
     """Slope of validation lung PSNR over the last ``n`` epochs and whether best == last."""
-    key = "val_psnr_mask" if run.has_key("val_psnr_mask") else "val_psnr"
+    lung = val_key("psnr_mask")
+    key = lung if run.has_key(lung) else val_key("psnr")
     x, y = run.series(key)
     ok = np.isfinite(y)
     x, y = x[ok], y[ok]
@@ -39,57 +49,20 @@ def _progress(run: RunRecord, n: int) -> dict[str, Any]:
     }
 
 
-def _progress_text(p: dict[str, Any]) -> str:
-    parts = []
-    if p["slope_db_per_epoch"] is not None:
-        parts.append(
-            f"{p['metric']} {p['slope_db_per_epoch']:+.2f} dB/epoch over epochs "
-            f"{p['epochs'][0]}-{p['epochs'][-1]}"
-        )
-    else:
-        parts.append(f"only {len(p['epochs'])} validated epoch(s), no trend")
-    if p["best_epoch"] is not None:
-        rel = "=" if p["best_epoch"] == p["last_epoch"] else "<"
-        parts.append(f"best epoch {p['best_epoch']} {rel} last {p['last_epoch']}")
-    return ", ".join(parts)
-
-
-def _rule_still_improving(run: RunRecord, base: RunRecord | None, n: int) -> Finding:
+def _rule_still_improving(run: RunRecord, base: RunRecord | None, n: int) -> Decision:
     mine = _progress(run, n)
     evidence: dict[str, Any] = {"run": mine}
+    detail = {"has_D": run.has_D}
     if not mine["epochs"]:
-        return Finding(
-            RULE_STILL_IMPROVING,
-            False,
-            "Not evaluated: validation PSNR not logged in the epoch log.",
-            evidence,
-            applicable=False,
-        )
-    base_p = None
+        return Decision(RULE_STILL_IMPROVING, NOT_EVALUATED, "not_logged", evidence, detail)
+    base_improving = False
     if base is not None and not base.has_D:
         base_p = _progress(base, n)
         evidence["baseline"] = {"name": base.name, **base_p}
-    texts = []
-    heuristic = f"(a heuristic: slope > {SLOPE_DB_PER_EPOCH} dB/epoch or best epoch = last)"
+        base_improving = base_p["improving"]
     if mine["improving"]:
-        if run.has_D:
-            texts.append(
-                f"This run looks still improving at the end ({_progress_text(mine)}) {heuristic}: "
-                "train longer before judging D, and compare runs at equal budgets."
-            )
-        else:
-            texts.append(
-                f"G-only looks still improving at the end ({_progress_text(mine)}) {heuristic}: "
-                "train it longer - exp4_g_only_long.yaml (no D, 100+ epochs) - since it is the "
-                "baseline D must beat."
-            )
-    if base_p is not None and base_p["improving"]:
-        texts.append(
-            f"The G-only baseline {base.name} itself looks still improving "
-            f"({_progress_text(base_p)}): the comparison with it is premature; train it longer "
-            "(exp4_g_only_long.yaml, 100+ epochs)."
-        )
-    triggered = bool(texts)
-    if not triggered:
-        texts.append(f"Converged for its budget ({_progress_text(mine)}).")
-    return Finding(RULE_STILL_IMPROVING, triggered, " ".join(texts), evidence)
+        case = "both_improving" if base_improving else "run_improving"
+    else:
+        case = "baseline_improving" if base_improving else "converged"
+    status = NOT_TRIGGERED if case == "converged" else TRIGGERED
+    return Decision(RULE_STILL_IMPROVING, status, case, evidence, detail)

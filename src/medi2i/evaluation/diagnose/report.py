@@ -1,6 +1,8 @@
-"""The diagnosis as data and as text: :class:`Finding` (one rule applied to a run),
-:class:`Diagnosis` (every rule's finding for one run) and :func:`format_diagnosis`, the wording
-of ``medi2i diagnose``'s report, with the number formatting the verdicts share."""
+"""The diagnosis as data and as text: :class:`Decision` (what one rule decided, as data),
+:class:`Finding` (a decision with its wording), :class:`Diagnosis` (every rule's finding for one
+run) and :func:`format_diagnosis`, the layout of ``medi2i diagnose``'s report, with the number
+formatting the wording shares. The rules' sentences are in
+:mod:`~medi2i.evaluation.diagnose.wording`."""
 
 from __future__ import annotations
 
@@ -18,23 +20,73 @@ from medi2i.evaluation.runs import finite_or_none
 # --------------------------------------------------------------------------------------------
 
 
+TRIGGERED = "triggered"
+"""The rule's condition holds: the run has the problem the rule looks for."""
+NOT_TRIGGERED = "not_triggered"
+"""The rule was applied and its condition does not hold."""
+NOT_APPLICABLE = "not_applicable"
+"""The rule does not concern this run (e.g. a rule about D for a run without D)."""
+NOT_EVALUATED = "not_evaluated"
+"""The rule concerns this run, but what it needs is missing or another finding blocks it."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one rule decided about a run, as data only (no sentences).
+
+    Attributes:
+        rule: the rule's id (a key of :data:`RULES`).
+        status: :data:`TRIGGERED`, :data:`NOT_TRIGGERED`, :data:`NOT_APPLICABLE` or
+            :data:`NOT_EVALUATED`.
+        case: which branch of the rule decided, a short key unique within the rule (e.g.
+            ``r_off``); the wording has one text per ``(rule, case)``.
+        evidence: the numbers and names shown under the verdict. Suggested commands are argv
+            lists (``commands``); the ablation's ``outcome`` and ``caveats`` are
+            ``{"case": ..., ...}`` dicts; the wording renders both as text.
+        detail: further values only the wording needs (unrounded numbers, names, modes).
+    """
+
+    rule: str
+    status: str
+    case: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def triggered(self) -> bool:
+        """Whether the rule's condition holds."""
+        return self.status == TRIGGERED
+
+    @property
+    def applicable(self) -> bool:
+        """Whether the run could be judged by this rule."""
+        return self.status in (TRIGGERED, NOT_TRIGGERED)
+
+
 @dataclass
 class Finding:
-    """One rule applied to a run.
+    """One rule applied to a run, with its wording (made by
+    :func:`~medi2i.evaluation.diagnose.wording.word` from a :class:`Decision`).
 
     Attributes:
         rule: the rule's id (a key of :data:`RULES`).
         triggered: whether the rule's condition holds.
         verdict: what it means and what to do, in plain words.
-        evidence: the numbers the verdict rests on (thresholds included).
+        evidence: the numbers the verdict rests on (thresholds included), commands as shell
+            command lines.
         applicable: False when the run cannot be judged by this rule (e.g. no D, nothing logged).
+        status: the decision's status (:data:`TRIGGERED`, :data:`NOT_TRIGGERED`,
+            :data:`NOT_APPLICABLE` or :data:`NOT_EVALUATED`).
+        case: which branch of the rule decided (see :attr:`Decision.case`).
     """
 
     rule: str
     triggered: bool
     verdict: str
-    evidence: dict[str, Any] = field(default_factory=dict)
-    applicable: bool = True
+    evidence: dict[str, Any]
+    applicable: bool
+    status: str
+    case: str
 
     @property
     def title(self) -> str:
@@ -96,7 +148,7 @@ class Diagnosis:
 
 
 # --------------------------------------------------------------------------------------------
-# wording
+# the report's layout and number formatting
 # --------------------------------------------------------------------------------------------
 
 

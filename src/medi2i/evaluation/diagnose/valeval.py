@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 
 from medi2i.evaluation.runs import finite_or_none, resolve_data_paths
+from medi2i.run.layout import RunLayout
 
 log = logging.getLogger(__package__)  # one logger for the package: medi2i.evaluation.diagnose
 
 
-_EVAL_DIR = ("diagnose", "val")
 _CACHE_FILE = "cache.json"
 
 
@@ -57,7 +57,7 @@ class PerImageMetrics:
 
 
 def _cache_key(checkpoint: Path, data_root: str | Path | None) -> dict[str, Any]:
-    from medi2i import __version__
+    from medi2i.utils.version import __version__
 
     stat = checkpoint.stat()
     return {
@@ -130,7 +130,7 @@ def evaluate_val_per_image(
     Raises:
         FileNotFoundError: the run has no checkpoint.
         ValueError: unreadable checkpoint.
-        medi2i.data.dataset.DatasetError: the validation split cannot be read.
+        medi2i.data.pairs.DatasetError: the validation split cannot be read.
     """
     from medi2i.evaluation.evaluate import evaluate_split
     from medi2i.inference.loading import load_generator, resolve_checkpoint
@@ -138,7 +138,7 @@ def evaluate_val_per_image(
     run_dir = Path(run_dir)
     checkpoint = resolve_checkpoint(run_dir)
     key = _cache_key(checkpoint, data_root)
-    folder = run_dir.joinpath(*_EVAL_DIR)
+    folder = RunLayout(run_dir).diagnose_val
     cache = folder / _CACHE_FILE
     if not refresh and cache.is_file():
         try:

@@ -1,6 +1,10 @@
 """The ``blurry_loss_weights`` rule: D on but outputs still blurry -> loss weights from the
 gradient shares (how hard each weighted G-loss term pushes G's output), solved for the weights
-that bring the GAN term's share to :data:`~medi2i.evaluation.diagnose.thresholds.GAN_SHARE_AIM`."""
+that bring the GAN term's share to :data:`~medi2i.evaluation.diagnose.thresholds.GAN_SHARE_AIM`.
+
+The rule is a pure function returning a :class:`~medi2i.evaluation.diagnose.report.Decision`
+(the signs of blur and the weight recommendation as keys and numbers);
+:mod:`~medi2i.evaluation.diagnose.wording` words it."""
 
 from __future__ import annotations
 
@@ -8,8 +12,19 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from medi2i.evaluation.diagnose.evidence import _mean_last, _mean_last_steps, _metric, _round
-from medi2i.evaluation.diagnose.report import Finding
+from medi2i.evaluation.diagnose.evidence import (
+    _mean_last,
+    _mean_last_steps,
+    _metric,
+    _round,
+    _without_d,
+)
+from medi2i.evaluation.diagnose.report import (
+    NOT_EVALUATED,
+    NOT_TRIGGERED,
+    TRIGGERED,
+    Decision,
+)
 from medi2i.evaluation.diagnose.thresholds import (
     GAN_SHARE_AIM,
     GAN_SHARE_TARGET,
@@ -17,7 +32,7 @@ from medi2i.evaluation.diagnose.thresholds import (
     SHARPNESS_BLUR,
 )
 from medi2i.evaluation.runs import RunRecord, finite_or_none
-from medi2i.losses import PART_NAMES
+from medi2i.run.scalars import PART_NAMES, gnorm_key, gshare_key, share_key, train_key
 
 
 def _nice(value: float) -> float:
@@ -29,30 +44,26 @@ def _gradient_shares(run: RunRecord, n: int) -> dict[str, Any] | None:
     """Mean gradient shares (percent) and norms of the weighted G-loss terms, or None.
 
     From the epoch log (``train_gshare_*``, ``train_gnorm_*``), else the step log's measured
-    steps (``gshare_*``, ``gnorm_*``) of the last ``n`` epochs.
+    steps (``gshare_*``, ``gnorm_*``) of the last ``n`` epochs. Their absence is legitimate with
+    ``logging.gshare_every: 0`` or without the setting (a run that did not measure them); a run
+    that measured them logs them in its first epoch.
+
+    Raises:
+        MissingScalarError: the run measured gradient shares but its epoch log has none.
     """
-    for source, prefix, mean in (
-        ("epoch log", "train_", _mean_last),
-        ("step log", "", _mean_last_steps),
+    every = finite_or_none(run.cfg("logging.gshare_every"))
+    if run.epochs and every is not None and every > 0:
+        run.require_series(train_key(gshare_key("gan")))
+    for source, key, mean in (
+        ("epoch log", train_key, _mean_last),
+        ("step log", lambda name: name, _mean_last_steps),
     ):
-        shares = {p: mean(run, f"{prefix}gshare_{p}", n) for p in PART_NAMES}
+        shares = {p: mean(run, key(gshare_key(p)), n) for p in PART_NAMES}
         if all(v is None for v in shares.values()):
             continue
-        norms = {p: mean(run, f"{prefix}gnorm_{p}", n) for p in PART_NAMES}
+        norms = {p: mean(run, key(gnorm_key(p)), n) for p in PART_NAMES}
         return {"source": source, "share": shares, "norm": norms}
     return None
-
-
-def _share_text(shares: dict[str, float | None], lead: str) -> str:
-    """``"GAN term's gradient share is 4%; FM 13%, recon 83%"`` (parts that are logged)."""
-    names = {"recon": "recon", "gan": "GAN", "fm": "FM", "smooth": "smooth"}
-    gan = shares.get("gan") or 0.0
-    rest = [
-        f"{names[p]} {shares[p]:.0f}%"
-        for p in ("fm", "recon", "smooth")
-        if shares.get(p) is not None and (p != "smooth" or shares[p] > 0)
-    ]
-    return f"{lead} {gan:.0f}%" + (f"; {', '.join(rest)}" if rest else "")
 
 
 def _share_at(
@@ -64,37 +75,30 @@ def _share_at(
     return 100.0 * gan / total if total > 0 else math.nan
 
 
-def _weight_recommendations(run: RunRecord, n: int) -> tuple[str, dict[str, Any]]:
+def _weight_recommendations(run: RunRecord, n: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """The GAN term's gradient share and weights that would bring it to :data:`GAN_SHARE_AIM`.
 
     Each weighted term's gradient norm on G's output is its weight times the norm of the
     unweighted term's gradient, so with the unweighted norms held fixed a target share is
     reached by solving for one weight.
+
+    Returns:
+        ``(evidence, detail)``; ``detail["case"]`` says how far the recommendation got:
+        ``no_gradient_shares``, ``above_target``, ``no_weights`` (not in the config),
+        ``no_gan_gradient`` or ``recommend``.
     """
     gw = finite_or_none(run.cfg("loss.gan_weight"))
     fw = finite_or_none(run.cfg("loss.feat_match_weight"))
-    value_shares = {p: _round(_mean_last(run, f"train_share_{p}", n), 3) for p in PART_NAMES}
+    value_shares = {p: _round(_mean_last(run, train_key(share_key(p)), n), 3) for p in PART_NAMES}
     evidence: dict[str, Any] = {
         "target_pct": GAN_SHARE_TARGET,
         "gan_weight": gw,
         "feat_match_weight": fw,
         "value_share_pct (secondary)": value_shares,
     }
-    value_text = ""
-    if value_shares.get("gan") is not None:
-        value_text = (
-            " (Shares of the loss value, which do not measure the push on G: "
-            + _share_text(value_shares, "GAN")
-            + ".)"
-        )
     grads = _gradient_shares(run, n)
     if grads is None:
-        return (
-            "The gradient shares (train_gshare_*) are not logged - this run predates them - so "
-            "no loss weight is recommended: the value shares cannot tell how hard each term "
-            "pushes G." + value_text,
-            evidence,
-        )
+        return evidence, {"case": "no_gradient_shares"}
     shares = {p: (v if v is not None else 0.0) for p, v in grads["share"].items()}
     norms = grads["norm"]
     evidence.update(
@@ -102,99 +106,57 @@ def _weight_recommendations(run: RunRecord, n: int) -> tuple[str, dict[str, Any]
         gshare_pct={p: _round(v, 3) for p, v in shares.items()},
         gnorm={p: _round(v) for p, v in norms.items()},
     )
-    share = shares["gan"]
-    head = _share_text(shares, "GAN term's gradient share is") + (
-        f" (target > {GAN_SHARE_TARGET:.0f}%)"
-    )
-    if share >= GAN_SHARE_TARGET:
-        return head + ", already above target." + value_text, evidence
+    detail: dict[str, Any] = {"shares": shares}
+    if shares["gan"] >= GAN_SHARE_TARGET:
+        return evidence, {**detail, "case": "above_target"}
     if gw is None or fw is None:
-        return (
-            head + "; loss.gan_weight / loss.feat_match_weight not in the config." + value_text,
-            evidence,
-        )
+        return evidence, {**detail, "case": "no_weights"}
     # the norms when all three main ones are logged, else the shares (proportional to them)
     use_norms = all(norms.get(p) is not None for p in ("recon", "gan", "fm"))
     pull = {p: ((norms[p] if use_norms else shares[p]) or 0.0) for p in PART_NAMES}
     evidence["solved_from"] = "gradient norms" if use_norms else "gradient shares"
     if gw <= 0 or pull["gan"] <= 0:
-        return (
-            head
-            + "; the GAN term passes G no gradient at all, so no weight can raise its share."
-            + value_text,
-            evidence,
-        )
+        return evidence, {**detail, "case": "no_gan_gradient"}
     gan_unit = pull["gan"] / gw
     fm_unit = pull["fm"] / fw if fw > 0 else 0.0
     aim = GAN_SHARE_AIM / 100.0
     others = pull["recon"] + pull["smooth"] + pull["fm"]
     # gw' * g / (others + gw' * g) = aim  ->  gw' = aim * others / ((1 - aim) * g)
-    gw_needed = _nice(aim * others / ((1.0 - aim) * gan_unit))
-    evidence["gan_weight_for_aim"] = gw_needed
-    recs = []
-    fw_user = None
+    evidence["gan_weight_for_aim"] = _nice(aim * others / ((1.0 - aim) * gan_unit))
     if fw > 0 and fm_unit > 0:
         # g / (recon + smooth + fw' * f + g) = aim  ->  fw' = (g / aim - recon - smooth - g) / f
         value = (pull["gan"] / aim - pull["recon"] - pull["smooth"] - pull["gan"]) / fm_unit
-        fw_needed = _nice(value) if value > 0 else None
         fw_user = 2.0 if fw > 2.0 else _nice(fw / 2.0)
-        share_fw_user = _share_at(pull, gan_unit, fm_unit, gw, fw_user)
-        share_fm0 = _share_at(pull, gan_unit, fm_unit, gw, 0.0)
+        fm = {
+            "weight": fw_user,
+            "share": _share_at(pull, gan_unit, fm_unit, gw, fw_user),
+            "share_at_0": _share_at(pull, gan_unit, fm_unit, gw, 0.0),
+        }
+        detail["fm"] = fm
         evidence.update(
-            feat_match_weight_for_aim=fw_needed,
+            feat_match_weight_for_aim=_nice(value) if value > 0 else None,
             gshare_at_feat_match={
-                f"{fw_user:g}": _round(share_fw_user, 3),
-                "0": _round(share_fm0, 3),
+                f"{fw_user:g}": _round(fm["share"], 3),
+                "0": _round(fm["share_at_0"], 3),
             },
         )
-        text = (
-            f"lower loss.feat_match_weight {fw:g} -> {fw_user:g} "
-            f"(GAN gradient share ~{share_fw_user:.0f}%"
-        )
-        if fw_needed is not None and abs(fw_needed - fw_user) > 0.05 * fw:
-            text += f"; {fw_needed:g} for ~{GAN_SHARE_AIM:.0f}%)"
-        elif fw_needed is None:
-            text += f"; even 0 gives only ~{share_fm0:.0f}%)"
-        else:
-            text += ")"
-        recs.append(text)
-    verb = "raise" if gw_needed > gw else "set"
-    gan_text = f"{verb} loss.gan_weight {gw:g} -> {gw_needed:g} (~{GAN_SHARE_AIM:.0f}%)"
-    if gw_needed > 5.0 and fw_user is not None:
-        others_user = pull["recon"] + pull["smooth"] + fw_user * fm_unit
-        both = _nice(aim * others_user / ((1.0 - aim) * gan_unit))
-        evidence["gan_weight_for_aim_at_lower_fm"] = both
-        gan_text += (
-            f", beyond the usual 2-5 range, so rather combine feat_match_weight {fw_user:g} "
-            f"with gan_weight {both:g}"
-        )
-    recs.append(gan_text + ", watching stability")
-    text = (
-        head
-        + " -> the GAN term, the one that sharpens, barely moves G: "
-        + "; or ".join(recs)
-        + ". Estimates assume each term's gradient scales with its weight and the unweighted "
-        "gradients stay as they are." + value_text
-    )
-    return text, evidence
+        if evidence["gan_weight_for_aim"] > 5.0:
+            others_user = pull["recon"] + pull["smooth"] + fw_user * fm_unit
+            both = _nice(aim * others_user / ((1.0 - aim) * gan_unit))
+            evidence["gan_weight_for_aim_at_lower_fm"] = both
+    return evidence, {**detail, "case": "recommend"}
 
 
 def _rule_blurry(
     run: RunRecord,
     n: int,
-    d_finding: Finding,
-    misaligned: Finding,
-    ablation: Finding,
+    d_ineffective: Decision,
+    misaligned: Decision,
+    ablation: Decision,
     bases: Sequence[RunRecord],
-) -> Finding:
-    if not run.has_D:
-        return Finding(
-            RULE_BLURRY,
-            False,
-            f"Not applicable: this run has no discriminator ({run.mode}), so its loss has no "
-            "GAN or FM term to re-weight.",
-            applicable=False,
-        )
+) -> Decision:
+    if (no_d := _without_d(RULE_BLURRY, run)) is not None:
+        return no_d
     metrics, source = run.decision_metrics()
     sharp = _metric(metrics, "sharpness_mask")
     evidence: dict[str, Any] = {
@@ -202,93 +164,50 @@ def _rule_blurry(
         "sharpness_mask": _round(sharp),
         "sharpness_threshold": SHARPNESS_BLUR,
     }
-    weights_text, weights_evidence = _weight_recommendations(run, n)
-    evidence["weights"] = weights_evidence
+    evidence["weights"], weights = _weight_recommendations(run, n)
     if misaligned.triggered:
-        return Finding(
-            RULE_BLURRY,
-            False,
-            "Not judged: misaligned pairs reach G's loss with R off (see misaligned_without_r), "
-            "which blurs the output whatever the loss weights; no loss-weight change is "
-            "recommended before that is fixed.",
-            evidence,
-            applicable=False,
-        )
+        return Decision(RULE_BLURRY, NOT_EVALUATED, "misaligned", evidence)
+    # signs of blur, signs of none and comparisons that cannot decide: keys for the wording
     reasons, clear, undecided = [], [], []
-    if sharp is not None and sharp < SHARPNESS_BLUR:
-        reasons.append(f"validation lung sharpness ratio {sharp:.3f} < {SHARPNESS_BLUR}")
-    elif sharp is not None:
-        clear.append(
-            f"validation lung sharpness ratio {sharp:.3f} >= {SHARPNESS_BLUR} (which artefacts "
-            "can fool)"
-        )
+    if sharp is not None:
+        (reasons if sharp < SHARPNESS_BLUR else clear).append("sharpness")
+    comps: dict[str, str] = {}
     if ablation.evidence.get("arm") in ("D", "R and D") and "metrics" in ablation.evidence:
-        comps = {k: ablation.evidence["metrics"].get(k) for k in ("hfen_mask", "gmsd_mask")}
-        comps = {k: v for k, v in comps.items() if v is not None}
+        found = {k: ablation.evidence["metrics"].get(k) for k in ("hfen_mask", "gmsd_mask")}
+        comps = {k: v["verdict"] for k, v in found.items() if v is not None}
         evidence["baseline"] = {
             "names": [b.name for b in bases],
             "source": ablation.evidence.get("source"),
-            **{k: v["verdict"] for k, v in comps.items()},
+            **comps,
         }
         if comps:
-            verdicts = [v["verdict"] for v in comps.values()]
-            shown = ", ".join(f"{k.split('_')[0].upper()} {v['verdict']}" for k, v in comps.items())
+            verdicts = list(comps.values())
             if "better" in verdicts:
                 evidence["no_sharper_than_baseline"] = False
-                clear.append(f"lung HFEN/GMSD better than without D ({shown})")
+                clear.append("baseline")
             elif all(v == "no CI" for v in verdicts):
                 evidence["no_sharper_than_baseline"] = None
-                undecided.append(
-                    "lung HFEN/GMSD against the run without D cannot be judged without a "
-                    "confidence interval"
-                )
+                undecided.append("baseline_no_ci")
             else:
                 evidence["no_sharper_than_baseline"] = True
-                reasons.append(f"lung HFEN/GMSD no better than without D ({shown}, 95% CI)")
-    if not reasons:
-        evidence["blurry"] = False
-        if not clear:
-            why = "; ".join(undecided) or (
-                "no baseline without D given" if not bases else "no lung HFEN/GMSD to compare"
-            )
-            return Finding(
-                RULE_BLURRY,
-                False,
-                f"Not evaluated: no validation lung sharpness ratio, and {why}.",
-                evidence,
-                applicable=False,
-            )
-        note = (
-            ""
-            if "baseline" in evidence
-            else " Give a baseline without D to compare HFEN/GMSD with intervals."
+                reasons.append("baseline")
+    evidence["blurry"] = bool(reasons)
+    detail: dict[str, Any] = {
+        "sharpness": sharp,
+        "comparisons": comps,
+        "blur_signs": reasons,
+        "sharp_signs": clear,
+        "undecided": undecided,
+        "baselines": bool(bases),
+        "weights": weights,
+    }
+    if reasons:
+        gshare = (evidence["weights"].get("gshare_pct") or {}).get("gan")
+        detail.update(
+            d_ineffective=d_ineffective.triggered,
+            gan_share_above_target=gshare is not None and gshare >= GAN_SHARE_TARGET,
         )
-        extra = (" " + "; ".join(undecided) + ".") if undecided else ""
-        return Finding(
-            RULE_BLURRY,
-            False,
-            "No sign of blur: " + "; ".join(clear) + "." + extra + note,
-            evidence,
-        )
-    evidence["blurry"] = True
-    gshare = (weights_evidence.get("gshare_pct") or {}).get("gan")
-    if d_finding.triggered:
-        d_text = (
-            "D barely separates real from fake (see d_ineffective), so whatever weight the GAN "
-            "term gets, it passes G little signal."
-        )
-    else:
-        d_text = "D separates real from fake, so the loss weights are the lever."
-    verdict = f"Outputs are still blurry ({'; '.join(reasons)}). {weights_text} {d_text}"
-    if gshare is not None and gshare >= GAN_SHARE_TARGET:
-        verdict += (
-            " With the GAN gradient share already above target, re-weighting is not what holds "
-            "sharpness back: "
-            + (
-                "make D useful first (capacity, learning rate, R1) and confirm with ablations"
-                if d_finding.triggered
-                else "the next levers are a perceptual loss, R1 and longer training"
-            )
-            + "."
-        )
-    return Finding(RULE_BLURRY, True, verdict, evidence)
+        return Decision(RULE_BLURRY, TRIGGERED, "blurry", evidence, detail)
+    if clear:
+        return Decision(RULE_BLURRY, NOT_TRIGGERED, "sharp", evidence, detail)
+    return Decision(RULE_BLURRY, NOT_EVALUATED, "no_evidence", evidence, detail)

@@ -9,7 +9,7 @@ arm of an ablation, which it is not. :func:`find_jumps` finds these breaks in on
 Both functions are pure: the trainer calls :func:`find_instabilities` at the end of each epoch
 on the rows logged so far (a jump is reported at the epoch where it happens, so the new ones are
 those whose ``epoch`` is the current one), and ``medi2i diagnose`` calls it on the epoch log of
-runs that predate the trainer's own check.
+any run whose summary does not record the trainer's own findings.
 
 Each threshold, and why it was chosen, is documented where it is defined.
 """
@@ -22,6 +22,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from medi2i.run.scalars import EPOCH, LOSS_G, train_key, val_key, weighted_key
+from medi2i.utils.formatting import significant
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -30,6 +33,7 @@ __all__ = [
     "LOSS_RISE_FACTOR",
     "METRIC_REL_DROP",
     "PSNR_DROP_DB",
+    "WATCHED_KEYS",
     "Jump",
     "find_instabilities",
     "find_jumps",
@@ -62,8 +66,8 @@ under 1% of their value (SSIM moves in the third decimal between epochs), so a 1
 order of magnitude beyond it."""
 
 INSTABILITY_KEYS: tuple[tuple[str, bool], ...] = (
-    ("train_w_recon", False),
-    ("val_psnr_mask", True),
+    (train_key(weighted_key("recon")), False),
+    (val_key("psnr_mask"), True),
 )
 """The epoch-log keys :func:`find_instabilities` watches, with ``higher_is_better``: G's
 weighted reconstruction loss and validation lung PSNR.
@@ -75,11 +79,18 @@ must not jump in any mode.
 """
 
 FALLBACK_KEYS: dict[str, str] = {
-    "train_w_recon": "train_loss_G",
-    "val_psnr_mask": "val_psnr",
+    train_key(weighted_key("recon")): train_key(LOSS_G),
+    val_key("psnr_mask"): val_key("psnr"),
 }
 """Stand-ins when a log has no value for a watched key: G's whole loss for a log without the
 reconstruction part, whole-image PSNR for a run without a mask."""
+
+WATCHED_KEYS: tuple[str, ...] = (
+    *(key for key, _ in INSTABILITY_KEYS),
+    *(FALLBACK_KEYS[key] for key, _ in INSTABILITY_KEYS if key in FALLBACK_KEYS),
+)
+"""Every epoch-log key :func:`find_instabilities` may read: the watched keys, then their
+stand-ins."""
 
 
 @dataclass(frozen=True)
@@ -108,10 +119,6 @@ class Jump:
 def _is_db(key: str) -> bool:
     """Whether ``key`` names a series in decibels (PSNR)."""
     return "psnr" in key.lower()
-
-
-def _fmt(value: float) -> str:
-    return f"{value:.4g}"
 
 
 def find_jumps(
@@ -180,6 +187,7 @@ def find_jumps(
             else:
                 bad = best > 0 and value > rise_factor * best
             if bad and not jumped:
+                shown, best_shown = significant(value, 4), significant(best, 4)
                 if higher_is_better:
                     how = (
                         f"{best - value:.1f} dB below"
@@ -187,13 +195,13 @@ def find_jumps(
                         else f"{(best - value) / best:.0%} below"
                     )
                     message = (
-                        f"{key} fell to {_fmt(value)} at epoch {epoch}, {how} its best so far "
-                        f"({_fmt(best)} at epoch {best_epoch})"
+                        f"{key} fell to {shown} at epoch {epoch}, {how} its best so far "
+                        f"({best_shown} at epoch {best_epoch})"
                     )
                 else:
                     message = (
-                        f"{key} rose to {_fmt(value)} at epoch {epoch}, {value / best:.2g}x its "
-                        f"best so far ({_fmt(best)} at epoch {best_epoch})"
+                        f"{key} rose to {shown} at epoch {epoch}, {value / best:.2g}x its "
+                        f"best so far ({best_shown} at epoch {best_epoch})"
                     )
                 jumps.append(Jump(epoch, key, best, value, message))
                 log.debug("instability: %s", message)
@@ -218,13 +226,13 @@ def find_instabilities(
     Returns:
         The jumps of every key, in epoch order (empty when no key is logged).
     """
-    rows = [r for r in rows if r.get("epoch") is not None]
+    rows = [r for r in rows if r.get(EPOCH) is not None]
     jumps: list[Jump] = []
     for key, higher in keys:
         name = key
         if not any(_finite(r.get(name)) for r in rows) and key in FALLBACK_KEYS:
             name = FALLBACK_KEYS[key]
-        series = [(r["epoch"], r[name]) for r in rows if _finite(r.get(name))]
+        series = [(r[EPOCH], r[name]) for r in rows if _finite(r.get(name))]
         if not series:
             continue
         xs, ys = zip(*series)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from medi2i.evaluation.metrics import compute_metrics
+from medi2i.metrics.compute import compute_metrics
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
 """The settings that define a generated DRR benchmark (:class:`DRRSettings`) and its split sizes.
 
-Kept apart from :mod:`medi2i.data.drr` (the rendering, which needs torch and scipy) so that the
-command line can build ``medi2i data drr``'s options without importing the renderer.
+Needs only numpy: the command line builds ``medi2i data drr``'s options from :class:`DRRSettings`
+without importing the renderer (torch, scipy). Keep this module free of the package's other
+modules.
 """
 
 from __future__ import annotations

@@ -22,7 +22,10 @@ A checkpoint is one ``torch.save`` file holding everything needed to resume a ru
     }
 
 :func:`checkpoint_payload` adds the metadata keys; :class:`CheckpointManager` writes ``last.pt``,
-``best.pt`` and ``epoch_XXXX.pt`` under ``RUN_DIR/checkpoints/``.
+``best.pt`` and ``epoch_XXXX.pt`` where :class:`~medi2i.run.layout.RunLayout` puts them. This
+module is the file format only: training writes it, inference and evaluation read it, and it
+imports neither. What a training run restores beyond the file (RNG states, a pretrained G) is
+in :mod:`medi2i.training.state`.
 
 Trust: :func:`load_checkpoint` first tries ``torch.load(weights_only=True)``, which cannot run
 code; everything medi2i itself stores (tensors, numbers, strings, lists, dicts - the RNG states
@@ -40,7 +43,6 @@ import functools
 import logging
 import os
 import pickle
-import random
 import shutil
 import subprocess
 from collections.abc import Iterator, Mapping
@@ -48,28 +50,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
 
-from medi2i import __version__
-from medi2i.training.distributed import unwrap_model
-from medi2i.training.ema import EMA
+from medi2i.run.layout import RunLayout
 from medi2i.utils.atomic import atomic_path
+from medi2i.utils.version import __version__
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CHECKED_SECTIONS",
     "CHECKPOINT_FORMAT",
     "CheckpointError",
     "CheckpointManager",
-    "capture_rng_state",
     "checkpoint_payload",
     "find_nonfinite",
     "load_checkpoint",
-    "load_pretrained_generator",
-    "restore_rng_state",
     "save_checkpoint",
+    "torch_load_checked",
 ]
 
 CHECKPOINT_FORMAT = "medi2i-checkpoint-v1"
@@ -82,87 +80,6 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, corrupt or not a medi2i checkpoint."""
 
 
-# --------------------------------------------------------------------------------------------
-# RNG state
-# --------------------------------------------------------------------------------------------
-
-
-def capture_rng_state() -> dict:
-    """The state of every global random generator a run uses.
-
-    Python's ``random``, NumPy's global generator, torch's CPU generator and, when CUDA is
-    available, every CUDA device's generator. Stored as tensors, numbers, strings and lists
-    only, so the checkpoint loads with ``torch.load(weights_only=True)``.
-
-    Returns:
-        ``{"python": ..., "numpy": ..., "torch": ByteTensor, "cuda": [ByteTensor, ...]}``.
-    """
-    version, internal, gauss_next = random.getstate()
-    np_state = np.random.get_state(legacy=False)  # the dict form (MT19937)
-    state: dict[str, Any] = {
-        "python": {"version": version, "state": list(internal), "gauss_next": gauss_next},
-        "numpy": {
-            "bit_generator": str(np_state["bit_generator"]),
-            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-            "pos": int(np_state["state"]["pos"]),
-            "has_gauss": int(np_state["has_gauss"]),
-            "gauss": float(np_state["gauss"]),
-        },
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-    return state
-
-
-def restore_rng_state(state: dict) -> None:
-    """Restore the generators captured by :func:`capture_rng_state`.
-
-    CUDA states are restored when CUDA is available; if the number of devices differs, the
-    common ones are restored and a warning is logged (exact reproduction is then impossible).
-
-    Args:
-        state: a dict from :func:`capture_rng_state`.
-
-    Raises:
-        ValueError: when ``state`` lacks a part or a part is malformed.
-    """
-    try:
-        py = state["python"]
-        random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
-        npst = state["numpy"]
-        np.random.set_state(
-            {
-                "bit_generator": npst["bit_generator"],
-                "state": {
-                    "key": torch.as_tensor(npst["key"]).numpy().astype(np.uint32),
-                    "pos": int(npst["pos"]),
-                },
-                "has_gauss": int(npst["has_gauss"]),
-                "gauss": float(npst["gauss"]),
-            }
-        )
-        torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8).cpu())
-        cuda_states = list(state.get("cuda") or [])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"malformed RNG state: {type(exc).__name__}: {exc}") from exc
-    if not cuda_states:
-        return
-    if not torch.cuda.is_available():
-        logger.info("checkpoint holds CUDA RNG states but CUDA is not available; not restored")
-        return
-    n = torch.cuda.device_count()
-    if n != len(cuda_states):
-        logger.warning(
-            "checkpoint holds %d CUDA RNG states, this machine has %d devices; restoring %d",
-            len(cuda_states),
-            n,
-            min(n, len(cuda_states)),
-        )
-    for device, cuda_state in enumerate(cuda_states[:n]):
-        torch.cuda.set_rng_state(cuda_state.cpu(), device)
-
-
-# --------------------------------------------------------------------------------------------
 # payload, validation, save / load
 # --------------------------------------------------------------------------------------------
 
@@ -324,7 +241,7 @@ def _mib(value: int | None) -> str:
     return "unknown space" if value is None else f"{value / 2**20:.0f} MiB"
 
 
-def _torch_load(path: Path, map_location: Any, trusted: bool) -> Any:
+def torch_load_checked(path: Path, map_location: Any, trusted: bool) -> Any:
     """``torch.load`` with every failure turned into a :class:`CheckpointError`."""
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -375,7 +292,7 @@ def load_checkpoint(
             truncated, or not a medi2i checkpoint (no matching ``format`` tag).
     """
     path = Path(path)
-    state = _torch_load(path, map_location, trusted)
+    state = torch_load_checked(path, map_location, trusted)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(
@@ -414,20 +331,21 @@ class CheckpointManager:
     def __init__(self, run_dir: str | os.PathLike, *, keep_every: int = 0):
         if keep_every < 0:
             raise ValueError(f"keep_every must be >= 0, got {keep_every}")
-        self.dir = Path(run_dir) / "checkpoints"
+        self.layout = RunLayout(Path(run_dir))
+        self.dir = self.layout.checkpoints
         self.keep_every = keep_every
 
     def last_path(self) -> Path:
         """``checkpoints/last.pt``."""
-        return self.dir / "last.pt"
+        return self.layout.last_checkpoint
 
     def best_path(self) -> Path:
         """``checkpoints/best.pt``."""
-        return self.dir / "best.pt"
+        return self.layout.best_checkpoint
 
     def epoch_path(self, epoch: int) -> Path:
         """``checkpoints/epoch_XXXX.pt`` (zero-padded to 4 digits)."""
-        return self.dir / f"epoch_{epoch:04d}.pt"
+        return self.layout.epoch_checkpoint(epoch)
 
     def save(self, state: dict, *, epoch: int, is_best: bool) -> list[Path]:
         """Write ``last.pt``, plus ``best.pt`` and ``epoch_XXXX.pt`` when due.
@@ -525,105 +443,3 @@ class CheckpointManager:
 # --------------------------------------------------------------------------------------------
 # pretrained generator
 # --------------------------------------------------------------------------------------------
-
-
-def _strip_wrapper_prefix(sd: Mapping[str, Any]) -> dict[str, Any]:
-    """Drop a ``module.`` (DDP) or ``_orig_mod.`` (torch.compile) prefix shared by all keys."""
-    out = dict(sd)
-    for prefix in ("module.", "_orig_mod."):
-        while out and all(k.startswith(prefix) for k in out):
-            out = {k[len(prefix) :]: v for k, v in out.items()}
-    return out
-
-
-def _state_dict_problems(sd: Mapping[str, Any], model: nn.Module) -> list[str]:
-    expected = model.state_dict()
-    problems = [f"missing key: {k}" for k in expected if k not in sd]
-    problems += [f"unexpected key: {k}" for k in sd if k not in expected]
-    for key, value in sd.items():
-        if key in expected and isinstance(value, torch.Tensor):
-            if value.shape != expected[key].shape:
-                problems.append(
-                    f"shape mismatch: {key}: checkpoint {tuple(value.shape)} vs model "
-                    f"{tuple(expected[key].shape)}"
-                )
-        elif key in expected:
-            problems.append(f"not a tensor: {key} ({type(value).__name__})")
-    return problems
-
-
-def load_pretrained_generator(
-    path: str | os.PathLike, generator: nn.Module, ema: EMA | None = None
-) -> dict:
-    """Initialise G (and its EMA) from an earlier run's checkpoint or a bare state dict.
-
-    A medi2i checkpoint supplies ``model.G`` for the generator and, when present, ``ema.G``
-    for the EMA (a G-only run's ``best.pt``/``last.pt`` is the expected source); without an
-    EMA in the file the EMA is reset to the loaded generator. A bare ``state_dict`` file
-    (optionally with a DDP ``module.`` prefix) loads into both. Keys and shapes are checked
-    before anything is loaded, so a mismatch leaves the models untouched.
-
-    Args:
-        path: the file.
-        generator: the G to load into (DDP/compile wrappers are unwrapped).
-        ema: G's EMA, or None.
-
-    Returns:
-        ``{"path", "source": "checkpoint"|"state_dict", "ema": "checkpoint"|"copied_from_G"|
-        None, "epoch", "step"}`` (epoch/step None for a bare state dict).
-
-    Raises:
-        CheckpointError: (a ``ValueError``) naming the file: unreadable, not a checkpoint or
-            state dict, no ``model.G`` in it, or keys/shapes that do not match - every missing
-            key, unexpected key and shape mismatch is listed.
-    """
-    path = Path(path)
-    net = unwrap_model(generator)
-    obj = _torch_load(path, "cpu", trusted=True)
-    ema_sd = None
-    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
-        source = "checkpoint"
-        g_sd = (obj.get("model") or {}).get("G")
-        if g_sd is None:
-            raise CheckpointError(f"{path}: checkpoint has no generator weights (model.G)")
-        ema_sd = (obj.get("ema") or {}).get("G")
-        epoch, step = obj.get("epoch"), obj.get("step")
-    elif (
-        isinstance(obj, Mapping)
-        and obj
-        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
-    ):
-        source, g_sd, epoch, step = "state_dict", obj, None, None
-    else:
-        raise CheckpointError(
-            f"{path}: neither a medi2i checkpoint nor a generator state_dict "
-            f"(found {type(obj).__name__})"
-        )
-    g_sd = _strip_wrapper_prefix(g_sd)
-    problems = _state_dict_problems(g_sd, net)
-    if ema_sd is not None:
-        ema_sd = _strip_wrapper_prefix(ema_sd)
-        problems += [f"EMA {p}" for p in _state_dict_problems(ema_sd, net)]
-    if problems:
-        raise CheckpointError(
-            f"{path}: generator weights do not fit the configured G "
-            f"({len(problems)} problems):\n" + "\n".join(f"  - {p}" for p in problems)
-        )
-    net.load_state_dict(g_sd, strict=True)
-    ema_used = None
-    if ema is not None:
-        if ema_sd is not None:
-            ema.load_state_dict(ema_sd)
-            ema_used = "checkpoint"
-        else:
-            ema.copy_from(net)
-            ema_used = "copied_from_G"
-    info = {"path": str(path), "source": source, "ema": ema_used, "epoch": epoch, "step": step}
-    logger.info(
-        "pretrained G from %s (%s%s); EMA: %s",
-        path,
-        source,
-        f", epoch {epoch}" if epoch is not None else "",
-        ema_used or "none",
-    )
-    return info

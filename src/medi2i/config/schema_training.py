@@ -1,0 +1,160 @@
+"""The sections that shape a training run: ``loss``, ``optim``, ``train``, ``eval``, ``logging``.
+
+:class:`LossConfig` weighs G's loss terms; :class:`OptimConfig` holds one
+:class:`OptimizerConfig` per network plus the learning-rate schedule, warm-up and gradient
+clipping; :class:`TrainConfig` the run's length, precision, EMA, checkpoints and initialisation;
+:class:`EvalConfig` how validation picks the best checkpoint; :class:`LoggingConfig` where and how
+often diagnostics are written.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from medi2i.config.section import _Section
+
+# --------------------------------------------------------------------------------------------
+# loss
+# --------------------------------------------------------------------------------------------
+
+
+class LossConfig(_Section):
+    """G's loss: ``w_recon + gan_weight*GAN + feat_match_weight*FM (+ smooth_weight*smooth)``.
+
+    ``w_recon = recon_weight * (l1_weight*L1 + ssim_weight*(1 - SSIM))`` with each pixel
+    weighted 1 outside the mask and ``lung_weight`` inside. RegGAN's published settings for
+    reference: correction (recon) 20, smoothness 10, adversarial 1. Their L1 is on [-1, 1]
+    images (twice an L1 in [0, 1] units), so their smoothness-to-L1 balance is
+    ``smooth_weight = data_range / 4`` at ``recon_weight`` 1: 0.25 for [0, 1] data, the default
+    (see ``medi2i.losses.regularizers``). ``r1_weight`` is gamma in ``gamma/2 * E|grad D(real)|^2``
+    (0 = off), applied every ``r1_interval`` D steps and then multiplied by the interval (lazy
+    regularisation, StyleGAN2). Conventions of every term: ``medi2i.losses``.
+    """
+
+    recon_weight: float = Field(1.0, ge=0.0)
+    l1_weight: float = Field(1.0, ge=0.0)
+    ssim_weight: float = Field(1.0, ge=0.0)
+    lung_weight: float = Field(10.0, ge=0.0)
+    gan_mode: Literal["lsgan", "hinge", "bce"] = "lsgan"
+    gan_weight: float = Field(
+        0.05,
+        ge=0.0,
+        description="weight of the adversarial term; 0.05 with D on the detail band "
+        "(model.D.input: detail) leaves the reconstruction most of G's gradient (gshare_*)",
+    )
+    feat_match_weight: float = Field(
+        0.5,
+        ge=0.0,
+        description="weight of feature matching on D's features, compared in the target's "
+        "frame; 0.5 with D on the detail band (the weights 1 / 10 of a raw-input D gave GAN "
+        "and FM 92% of G's gradient on the detail band)",
+    )
+    r1_weight: float = Field(0.0, ge=0.0)
+    r1_interval: int = Field(16, ge=1)
+    smooth_weight: float | None = Field(
+        None,
+        ge=0.0,
+        description="weight of R's smoothness term; default (null): data_range / 4, RegGAN's "
+        "balance (smoothness 10 against an L1 on [-1, 1] weighted 20)",
+    )
+    smooth_type: Literal["gradient_l2", "bending"] = "gradient_l2"
+
+
+# --------------------------------------------------------------------------------------------
+# optim
+# --------------------------------------------------------------------------------------------
+
+
+class OptimizerConfig(_Section):
+    """Adam(W) settings of one network; ``grad_clip`` overrides the global one when set."""
+
+    lr: float = Field(2e-4, gt=0.0)
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = Field(0.0, ge=0.0)
+    grad_clip: float | None = Field(None, gt=0.0)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError(f"each beta must be in [0, 1), got {list(v)}")
+        return v
+
+
+class OptimConfig(_Section):
+    """Optimisers and learning-rate schedule.
+
+    The rate rises linearly from 0 over ``warmup_epochs`` (skipped entirely with
+    ``skip_warmup: true`` - useful when starting from ``pretrained_G``), then follows
+    ``schedule``. ``grad_clip`` is the global gradient-norm limit per network (``null`` = off).
+    """
+
+    G: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    R: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    D: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    grad_clip: float | None = Field(5.0, gt=0.0)
+    warmup_epochs: float = Field(1.0, ge=0.0)
+    skip_warmup: bool = False
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    schedule_unit: Literal["epoch", "step"] = "step"
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# train / eval / logging
+# --------------------------------------------------------------------------------------------
+
+
+class TrainConfig(_Section):
+    """Length, precision, EMA, checkpoints and initialisation of a training run."""
+
+    epochs: int = Field(10, ge=1)
+    steps_per_epoch: int | None = Field(None, ge=1, description="default: one pass over data")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    channels_last: bool = False
+    deterministic: bool = False
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    ema_warmup_steps: int | None = Field(
+        None,
+        ge=0,
+        description="steps over which the EMA's horizon ramps up from 1 step; default "
+        "(null): 1/(1 - ema_decay), the EMA's own horizon, so no weight of the random "
+        "initialisation survives; ignored with pretrained_G (the start is not random)",
+    )
+    pretrained_G: str | None = None
+    val_every: int = Field(1, ge=1, description="epochs between validations")
+    checkpoint_every: int = Field(0, ge=0, description="epochs between kept checkpoints, 0=off")
+    save_every_steps: int = Field(
+        0, ge=0, description="also refresh last.pt every N steps inside an epoch, 0=off"
+    )
+    max_nonfinite_steps: int = Field(10, ge=1)
+    out_dir: str = "runs"
+
+
+class EvalConfig(_Section):
+    """Validation and best-checkpoint selection (always on the EMA weights)."""
+
+    best_metric: str = "psnr_mask"
+    best_mode: Literal["max", "min"] = "max"
+    max_val_images: int | None = Field(None, ge=1)
+    sample_count: int = Field(4, ge=0, description="validation images shown in sample grids")
+    test_at_end: bool = Field(
+        True, description="evaluate the best EMA weights on the test split after training"
+    )
+
+
+class LoggingConfig(_Section):
+    """Where and how often diagnostics are written."""
+
+    tensorboard: bool = True
+    log_every: int = Field(10, ge=1, description="steps between logged scalars")
+    gshare_every: int = Field(
+        10,
+        ge=0,
+        description="steps between measurements of each G-loss term's gradient norm on G's "
+        "output (gnorm_*/gshare_*; one extra backward through the losses, D and R), 0=off",
+    )
+    progress: bool = True
