@@ -149,3 +149,16 @@ def test_every_shipped_preset_is_valid():
     assert configs, "no presets shipped in configs/"
     for path in configs:
         assert isinstance(load_config(path), Config), path
+
+
+def test_yaml_booleans_are_read_as_the_words_they_spell(tmp_path):
+    # YAML 1.1 reads bare off/yes/no as booleans: the fields whose values are these words accept
+    # them, in a file and as overrides, and still refuse a boolean that names no value
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  amp: off\nmodel:\n  D:\n    conditional: no\n")
+    cfg = load_config(path)
+    assert (cfg.train.amp, cfg.model.D.conditional) == ("off", "no")
+    cfg = load_config(path, ["train.amp=off", "model.D.conditional=yes"])
+    assert (cfg.train.amp, cfg.model.D.conditional) == ("off", "yes")
+    with pytest.raises(ConfigError, match=r"train\.amp"):
+        load_config(path, ["train.amp=true"])

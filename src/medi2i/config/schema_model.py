@@ -116,6 +116,12 @@ class DiscriminatorConfig(_Section):
         "targets' misalignment and a conditional D stays fair",
     )
 
+    @field_validator("conditional", mode="before")
+    @classmethod
+    def _yes_no(cls, value: object) -> object:
+        # YAML 1.1 reads a bare `yes` / `no` (in a file or an override) as true / false
+        return {True: "yes", False: "no"}.get(value, value) if isinstance(value, bool) else value
+
 
 class ModelConfig(_Section):
     """The three networks; R and D exist only during training."""

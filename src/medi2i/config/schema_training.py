@@ -133,6 +133,12 @@ class TrainConfig(_Section):
     max_nonfinite_steps: int = Field(10, ge=1)
     out_dir: str = "runs"
 
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_off(cls, value: object) -> object:
+        # YAML 1.1 reads a bare `off` (in a file or an override) as false
+        return "off" if value is False else value
+
 
 class EvalConfig(_Section):
     """Validation and best-checkpoint selection (always on the EMA weights)."""
