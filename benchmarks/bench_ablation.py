@@ -27,7 +27,7 @@ bad arguments.
 
 Usage::
 
-    python benchmarks/bench_ablation.py                 # full: about 11 runs of the demo budget
+    python benchmarks/bench_ablation.py                 # full: 12 runs of the demo budget
     python benchmarks/bench_ablation.py --quick         # small images, few steps: a few minutes
     python benchmarks/bench_ablation.py --sweep --arms oracle G G+R
     python benchmarks/bench_ablation.py --set loss.gan_weight=2 --out benchmarks/results/abl-gan2
