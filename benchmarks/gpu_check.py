@@ -3,9 +3,9 @@
 Parts, each recorded in the report as ``pass``, ``fail`` or ``skipped`` with the reason (a
 failure is recorded and the other parts still run):
 
-* ``train_fp32``, ``train_bf16``, ``train_fp16`` - the ``configs/gpu-large.yaml`` setup (the
-  large G, the fitted R, D) trained in this process by the project's ``Trainer`` for one epoch
-  of ``--steps`` steps with ``train.amp`` ``off``, ``bf16`` and ``fp16``, R1 on
+* ``training_fp32``, ``training_bf16``, ``training_fp16`` - the ``configs/gpu-large.yaml``
+  setup (the large G, the fitted R, D) trained in this process by the project's ``Trainer``
+  for one epoch of ``--steps`` steps with ``train.amp`` ``off``, ``bf16`` and ``fp16``, R1 on
   (``loss.r1_weight`` = ``--r1-weight``, lazy at the config's interval). Each reports the
   median and mean time of ``Trainer.train_step`` after ``--warmup`` steps (the device
   synchronised around each step), the images/s that median gives, the images/s logged in
@@ -108,12 +108,12 @@ DEFAULT_DATA = Path("runs/benchmark")
 
 PASS, FAIL, SKIPPED = "pass", "fail", "skipped"
 AMP_NAMES = {"off": "fp32", "bf16": "bf16", "fp16": "fp16"}
-"""``train.amp`` value -> the precision's name in the part names (``train_fp32``, ...)."""
+"""``train.amp`` value -> the precision's name in the part names (``training_fp32``, ...)."""
 PART_ORDER = (
     "data",
-    "train_fp32",
-    "train_bf16",
-    "train_fp16",
+    "training_fp32",
+    "training_bf16",
+    "training_fp16",
     "r1_fp16",
     "predict",
     "ddp_1",
@@ -529,7 +529,7 @@ def train_part(
         "r1": r1_summary(rows),
         "run_dir": str(run_dir),
     }
-    vars(trainer).pop("train_step")  # the closure refers to the trainer: break the cycle
+    del trainer.train_step  # the closure refers to the trainer: break the cycle
     if len(times) <= sizes.warmup:
         return judged(record, f"{len(times)} steps ran: none after the {sizes.warmup} warm-up")
     if not record["losses_finite"]:
@@ -540,7 +540,7 @@ def train_part(
 
 def r1_part(parts: dict[str, dict[str, Any]], r1_weight: float) -> dict[str, Any]:
     """The R1 check from the fp32 and fp16 runs' logs."""
-    half, full = parts.get("train_fp16"), parts.get("train_fp32")
+    half, full = parts.get("training_fp16"), parts.get("training_fp32")
     if r1_weight <= 0:
         return skipped("R1 is off (--r1-weight 0)")
     if half is None:
@@ -750,7 +750,7 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for name, part in report["parts"].items():
         ips, step, mem, notes = "", "", "", part.get("reason") or ""
-        if name.startswith("train_") and part["status"] != SKIPPED:
+        if name.startswith("training_") and part["status"] != SKIPPED:
             ips = significant(part.get("images_per_s"), 4, missing="")
             seconds = part.get("step_s_median")
             step = significant(seconds * 1e3 if seconds else None, 4, missing="")
@@ -933,7 +933,7 @@ def run_checks(
 
     trained: dict[str, Path] = {}
     for amp in args.amp:
-        name = f"train_{AMP_NAMES[amp]}"
+        name = f"training_{AMP_NAMES[amp]}"
         if amp == "fp16" and not cuda:
             done(name, skipped(NEEDS_CUDA))
             continue
@@ -971,7 +971,7 @@ def run_checks(
     elif not trained:
         done("predict", skipped("no training run left a checkpoint"))
     else:
-        source = trained.get("train_fp32") or next(iter(trained.values()))
+        source = trained.get("training_fp32") or next(iter(trained.values()))
         logger.info("predict: %s", source.name)
         try:
             done("predict", predict_part(source, Path(root), device, sizes))

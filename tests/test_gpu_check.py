@@ -21,8 +21,17 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO / "benchmarks"
 SCRIPT = BENCH_DIR / "gpu_check.py"
 
-PARTS = ("data", "train_fp32", "train_bf16", "train_fp16", "r1_fp16", "predict", "ddp_1", "ddp_2")
-CPU_PARTS = ("data", "train_fp32", "train_bf16", "predict", "ddp_1", "ddp_2")
+PARTS = (
+    "data",
+    "training_fp32",
+    "training_bf16",
+    "training_fp16",
+    "r1_fp16",
+    "predict",
+    "ddp_1",
+    "ddp_2",
+)
+CPU_PARTS = ("data", "training_fp32", "training_bf16", "predict", "ddp_1", "ddp_2")
 TRAIN_KEYS = (
     "steps",
     "step_s_median",
@@ -68,11 +77,11 @@ def test_dry_run_on_cpu_passes_every_cpu_part(tmp_path):
     assert tuple(report["parts"]) == PARTS
     for name in CPU_PARTS:
         assert report["parts"][name]["status"] == "pass", (name, report["parts"][name])
-    for name in ("train_fp16", "r1_fp16"):
+    for name in ("training_fp16", "r1_fp16"):
         assert report["parts"][name]["status"] == "skipped"
         assert "needs CUDA" in report["parts"][name]["reason"]
 
-    for name in ("train_fp32", "train_bf16"):
+    for name in ("training_fp32", "training_bf16"):
         part = report["parts"][name]
         assert set(TRAIN_KEYS) <= part.keys()
         assert part["steps"] == report["settings"]["steps"] == 2
@@ -87,7 +96,7 @@ def test_dry_run_on_cpu_passes_every_cpu_part(tmp_path):
     assert report["parts"]["ddp_2"]["process_group"] == "gloo"
     for name in ("ddp_1", "ddp_2"):
         assert report["parts"][name]["images_per_s_logged"] > 0
-    assert "| train_fp32 | pass |" in done.stdout  # the Markdown table
+    assert "| training_fp32 | pass |" in done.stdout  # the Markdown table
 
 
 def r1_rows(values: list[float | None]) -> list[dict]:
@@ -122,14 +131,14 @@ def test_r1_verdict(gc_module):
 
 def test_r1_part_follows_the_fp16_run(gc_module):
     skipped = gc_module.skipped("skipped: needs CUDA")
-    assert gc_module.r1_part({"train_fp16": skipped}, 1.0)["status"] == "skipped"
+    assert gc_module.r1_part({"training_fp16": skipped}, 1.0)["status"] == "skipped"
     assert gc_module.r1_part({}, 0.0)["status"] == "skipped"
     fp32 = {"status": "pass", "r1": gc_module.r1_summary(r1_rows([2.0]))}
     crashed = {"status": "fail", "reason": "TrainingError: x", "r1": gc_module.r1_summary([])}
-    part = gc_module.r1_part({"train_fp32": fp32, "train_fp16": crashed}, 1.0)
+    part = gc_module.r1_part({"training_fp32": fp32, "training_fp16": crashed}, 1.0)
     assert part["status"] == "fail" and "TrainingError" in part["reason"]
     fp16 = {"status": "pass", "r1": gc_module.r1_summary(r1_rows([2.2]))}
-    part = gc_module.r1_part({"train_fp32": fp32, "train_fp16": fp16}, 1.0)
+    part = gc_module.r1_part({"training_fp32": fp32, "training_fp16": fp16}, 1.0)
     assert part["status"] == "pass"
     assert part["first_step_relative_difference"] == pytest.approx(0.1)
 
