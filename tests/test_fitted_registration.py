@@ -71,6 +71,15 @@ def test_control_grid_field_interpolates_the_control_points() -> None:
     assert field[0, 1, -1, -1] == pytest.approx(3.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("grid, size", [((3, 4), (40, 50)), ((2, 2), (7, 5)), ((5, 9), (128, 256))])
+def test_control_grid_field_equals_torch_bicubic_interpolation(grid, size) -> None:
+    control = torch.randn(2, 2, *grid, generator=torch.Generator().manual_seed(0))
+    expected = torch.nn.functional.interpolate(
+        control, size=size, mode="bicubic", align_corners=True
+    )
+    assert torch.allclose(control_grid_field(control, size), expected, atol=1e-5)
+
+
 def test_fit_recovers_a_known_smooth_misalignment() -> None:
     moving, fixed, disp = _pair(96, seed=1, max_px=3.0)
     field = FittedRegistration(grid_spacing=24)(moving, fixed)[0].numpy()

@@ -40,6 +40,7 @@ are no weights: nothing to train, checkpoint or synchronise across ranks.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
@@ -70,8 +71,24 @@ def control_grid_shape(size: tuple[int, int], spacing: int) -> tuple[int, int]:
     return tuple(max(2, math.ceil((s - 1) / spacing) + 1) for s in size)  # type: ignore[return-value]
 
 
+@functools.lru_cache(maxsize=32)
+def _cubic_weights(points: int, size: int, device: torch.device) -> torch.Tensor:
+    """``(size, points)``: bicubic convolution along one axis as a matrix (corners aligned).
+
+    Bicubic interpolation is separable and linear in the control values, so interpolating an
+    identity gives the weights once; applying them is two small matrix products, which on a CPU
+    cost a fraction of ``F.interpolate``'s bicubic kernel and its backward at every fit step.
+    """
+    eye = torch.eye(points, device=device).reshape(points, 1, points, 1).expand(-1, -1, -1, 2)
+    weights = F.interpolate(eye, size=(size, 2), mode="bicubic", align_corners=True)
+    return weights[:, 0, :, 0].T.contiguous()
+
+
 def control_grid_field(control: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Displacements at every pixel from control-point displacements (bicubic convolution).
+
+    The same values as ``F.interpolate(control, size, mode="bicubic", align_corners=True)``
+    (to float rounding), computed as ``rows_weights @ control @ cols_weights.T``.
 
     Args:
         control: ``(N, 2, rows, cols)`` displacements at the control points, in pixels; the
@@ -81,7 +98,10 @@ def control_grid_field(control: torch.Tensor, size: tuple[int, int]) -> torch.Te
     Returns:
         ``(N, 2, H, W)`` displacement in pixels, differentiable with respect to ``control``.
     """
-    return F.interpolate(control, size=size, mode="bicubic", align_corners=True)
+    rows, cols = control.shape[-2:]
+    along_h = _cubic_weights(rows, int(size[0]), control.device).to(control.dtype)
+    along_w = _cubic_weights(cols, int(size[1]), control.device).to(control.dtype)
+    return along_h @ control @ along_w.T
 
 
 class FittedRegistration(nn.Module):
