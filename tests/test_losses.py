@@ -516,3 +516,15 @@ def test_no_host_sync_in_loss_code():
             and node.func.attr in {"item", "tolist", "cpu", "numpy"}
         ]
         assert not calls, f"{path.name} syncs with the host: {calls}"
+
+
+def test_generator_loss_uses_its_current_lung_weight():
+    torch.manual_seed(0)
+    pred, target = torch.rand(2, 1, 24, 24), torch.rand(2, 1, 24, 24)
+    mask = (torch.rand(2, 1, 24, 24) > 0.5).float()
+    loss = GeneratorLoss(LossConfig(lung_weight=10.0), data_range=1.0)
+    at_10 = loss.weighted_terms(pred, target, mask)[1]["recon"]
+    loss.lung_weight = 2.0  # what the trainer sets each epoch under a curriculum
+    at_2 = loss.weighted_terms(pred, target, mask)[1]["recon"]
+    expected = reconstruction_loss(pred, target, mask, data_range=1.0, lung_weight=2.0)[0]
+    assert at_2 == pytest.approx(float(expected)) and at_2 != pytest.approx(float(at_10))

@@ -486,3 +486,22 @@ def test_rejected_data_leaves_no_run_folder(tmp_path):
     with pytest.raises(Exception, match=str(empty.name)):
         train(tiny_run_config(empty), out=str(run))
     assert not run.exists()
+
+
+def test_lung_weight_curriculum_follows_the_epoch_and_survives_a_resume(dataset_root, tmp_path):
+    curriculum = ("loss.lung_weight=10", "loss.lung_weight_start=1")
+    cfg = tiny_run_config(dataset_root, *curriculum, "loss.lung_weight_ramp_epochs=2")
+    run = tmp_path / "run"
+    train(
+        cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 1})}), out=str(run)
+    )
+    train(resume=str(run), overrides=["train.epochs=3"])  # epochs 2 and 3 after a stop
+    rows = [
+        json.loads(line) for line in (run / "metrics" / "epochs.jsonl").read_text().splitlines()
+    ]
+    # linear from 1 at epoch 0 to 10 at epoch 2, then held: 1, 5.5, 10
+    assert [row["lung_weight"] for row in rows] == pytest.approx([1.0, 5.5, 10.0])
+    plain = train(tiny_run_config(dataset_root, "train.epochs=1"), out=str(tmp_path / "plain"))
+    assert plain["epochs"] == 1
+    plain_rows = (tmp_path / "plain" / "metrics" / "epochs.jsonl").read_text().splitlines()
+    assert json.loads(plain_rows[0])["lung_weight"] == 10.0  # the config's default, logged

@@ -576,3 +576,20 @@ def test_cuda_rng_and_ema_on_gpu():
     ema = EMA(model, decay=0.5)
     assert ema.module.conv.weight.is_cuda
     ema.update(model, step=0)
+
+
+@pytest.mark.parametrize("shape", ["linear", "cosine"])
+def test_lung_weight_at_ramps_from_start_to_final(shape):
+    from medi2i.config import LossConfig
+    from medi2i.training.schedules import lung_weight_at
+
+    cfg = LossConfig(
+        lung_weight=9.0, lung_weight_start=1.0, lung_weight_ramp_epochs=4, lung_weight_ramp=shape
+    )
+    got = [lung_weight_at(cfg, epoch) for epoch in range(7)]
+    t = np.minimum(np.arange(7) / 4, 1.0)
+    if shape == "cosine":
+        t = 0.5 - 0.5 * np.cos(np.pi * t)
+    assert got == pytest.approx(1.0 + 8.0 * t)
+    assert got[0] == 1.0 and got[4:] == [9.0, 9.0, 9.0]
+    assert lung_weight_at(LossConfig(lung_weight=7.0), 3) == 7.0  # no curriculum: constant

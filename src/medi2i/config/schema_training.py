@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from medi2i.config.section import _Section
 
@@ -60,6 +60,27 @@ class LossConfig(_Section):
         "balance (smoothness 10 against an L1 on [-1, 1] weighted 20)",
     )
     smooth_type: Literal["gradient_l2", "bending"] = "gradient_l2"
+    lung_weight_start: float | None = Field(
+        None,
+        ge=0.0,
+        description="lung-weight curriculum: G's reconstruction weights the lung by this at "
+        "epoch 0 and ramps to lung_weight over lung_weight_ramp_epochs (null: lung_weight "
+        "throughout; R's fit keeps lung_weight)",
+    )
+    lung_weight_ramp_epochs: int = Field(
+        0, ge=0, description="epochs of the lung-weight ramp (needs lung_weight_start)"
+    )
+    lung_weight_ramp: Literal["linear", "cosine"] = Field(
+        "linear", description="shape of the lung-weight ramp"
+    )
+
+    @model_validator(mode="after")
+    def _curriculum(self) -> LossConfig:
+        if self.lung_weight_start is not None and self.lung_weight_ramp_epochs < 1:
+            raise ValueError(
+                "lung_weight_start needs lung_weight_ramp_epochs >= 1 (the epochs of the ramp)"
+            )
+        return self
 
 
 # --------------------------------------------------------------------------------------------

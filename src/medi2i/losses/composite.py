@@ -100,6 +100,8 @@ class GeneratorLoss:
         self.cfg = cfg if cfg is not None else LossConfig()
         self.data_range = float(data_range)
         self.adversarial = AdversarialLoss(self.cfg.gan_mode)
+        # the reconstruction's lung weight; the trainer sets it each epoch under a curriculum
+        self.lung_weight = float(self.cfg.lung_weight)
         # RegGAN's balance by default: smoothness 10 against an L1 on [-1, 1] weighted 20
         self.smooth_weight = (
             self.cfg.smooth_weight if self.cfg.smooth_weight is not None else self.data_range / 4
@@ -184,7 +186,7 @@ class GeneratorLoss:
             target,
             mask,
             data_range=self.data_range,
-            lung_weight=cfg.lung_weight,
+            lung_weight=self.lung_weight,
             l1_weight=cfg.l1_weight,
             ssim_weight=cfg.ssim_weight,
         )

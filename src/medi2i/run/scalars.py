@@ -82,6 +82,7 @@ __all__ = [
     "IMAGES_PER_S",
     "LOSS_D",
     "LOSS_G",
+    "LUNG_WEIGHT",
     "NETWORKS",
     "PART_NAMES",
     "R1",
@@ -160,6 +161,8 @@ BEST_EPOCH = "best_epoch"
 """The epoch (1-based) that reached :data:`BEST_VALUE`."""
 EPOCH_SECONDS = "epoch_seconds"
 """Wall time of the epoch, validation included."""
+LUNG_WEIGHT = "lung_weight"
+"""G's reconstruction lung weight during the epoch (changes under ``loss.lung_weight_start``)."""
 IMAGES_PER_S = "images_per_s"
 """Training images per second: over the logged window in a step row, over the epoch in an
 epoch row."""
@@ -372,7 +375,7 @@ class LoggedScalars:
         """
         keys = [EPOCH, TIME, *(train_key(k) for k in self.step_scalars())]
         keys += [lr_key(net) for net in self.networks]
-        keys.append(SKIPPED_STEPS)
+        keys += [SKIPPED_STEPS, LUNG_WEIGHT]
         if validated:
             keys += [val_key(k) for k in VAL_D_STATS] if self.d else []
             keys += [BEST_VALUE, BEST_EPOCH]

@@ -31,11 +31,11 @@ import math
 
 import torch
 
-from medi2i.config import OptimConfig
+from medi2i.config import LossConfig, OptimConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SCHEDULES", "build_scheduler", "lr_factor"]
+__all__ = ["SCHEDULES", "build_scheduler", "lr_factor", "lung_weight_at"]
 
 SCHEDULES = ("constant", "cosine", "linear")
 
@@ -149,3 +149,20 @@ def build_scheduler(
         )
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def lung_weight_at(cfg: LossConfig, epoch: int) -> float:
+    """G's lung weight during ``epoch`` (0-based) under the lung-weight curriculum.
+
+    Without ``lung_weight_start`` it is ``lung_weight`` throughout. With it, the weight goes
+    from ``lung_weight_start`` at epoch 0 to ``lung_weight`` at epoch
+    ``lung_weight_ramp_epochs`` and stays there; ``t = epoch / ramp_epochs`` (capped at 1)
+    follows the ramp's shape: ``linear`` ``t``, ``cosine`` ``(1 - cos(pi * t)) / 2`` (slow at
+    both ends). A pure function of the epoch, so a resumed run gets its epoch's weight back.
+    """
+    if cfg.lung_weight_start is None:
+        return float(cfg.lung_weight)
+    t = min(1.0, max(0, epoch) / cfg.lung_weight_ramp_epochs)
+    if cfg.lung_weight_ramp == "cosine":
+        t = (1.0 - math.cos(math.pi * t)) / 2.0
+    return float(cfg.lung_weight_start + (cfg.lung_weight - cfg.lung_weight_start) * t)

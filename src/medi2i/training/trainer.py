@@ -56,6 +56,7 @@ from medi2i.run.scalars import (
     EPOCH_SECONDS,
     IMAGES_PER_S,
     LOSS_G,
+    LUNG_WEIGHT,
     SKIPPED_STEPS,
     lr_key,
     train_key,
@@ -75,6 +76,7 @@ from medi2i.training.launch import attach_file_log, mode_name, new_run_dir, resu
 from medi2i.training.run_logger import RunLogger
 from medi2i.training.running_means import RunningMeans
 from medi2i.training.samples import sample_grid
+from medi2i.training.schedules import lung_weight_at
 from medi2i.training.setup import (
     build_networks,
     build_training_data,
@@ -215,6 +217,7 @@ class Trainer(TrainStep):
     def train_epoch(self) -> dict[str, float]:
         """Train the rest of the current epoch; returns the epoch's mean diagnostics."""
         cfg = self.cfg
+        self.g_loss.lung_weight = lung_weight_at(cfg.loss, self.epoch)
         epoch_means, window = RunningMeans(), RunningMeans()
         bar = Progress(
             self.steps_per_epoch - self.step_in_epoch,
@@ -293,6 +296,7 @@ class Trainer(TrainStep):
                 scalars = {train_key(k): v for k, v in train_stats.items()}
                 scalars.update(self._learning_rates())
                 scalars[SKIPPED_STEPS] = float(self.skipped_steps)
+                scalars[LUNG_WEIGHT] = self.g_loss.lung_weight
                 is_best = False
                 last = self.epoch + 1 == tc.epochs
                 if (self.epoch + 1) % tc.val_every == 0 or last:
