@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats as sps
 
-BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def ab():
-    # benchmarks/ is not a package: the script imports its sibling as `from _common import ...`
-    sys.path.insert(0, str(BENCH_DIR))
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "bench_ablation", BENCH_DIR / "bench_ablation.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up while being built
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH_DIR))
-    return module
+    return load_benchmark("bench_ablation")
 
 
 def record(ab, arm, seed, psnr, hfen, *, d=None, names=("a", "b", "c")):

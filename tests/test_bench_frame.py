@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import load_benchmark
 from medi2i.data.drr import DRRSettings, generate_benchmark
 from tinydata import tiny_config
-
-BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 
 pytestmark = [
     pytest.mark.skipif(
@@ -26,14 +24,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def frame():
-    sys.path.insert(0, str(BENCH_DIR))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_frame", BENCH_DIR / "bench_frame.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH_DIR))
-    return module
+    return load_benchmark("bench_frame")
 
 
 @pytest.fixture(scope="module")

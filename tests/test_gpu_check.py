@@ -8,7 +8,6 @@ tested on the imported module.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_benchmark
+
 REPO = Path(__file__).resolve().parent.parent
-BENCH_DIR = REPO / "benchmarks"
-SCRIPT = BENCH_DIR / "gpu_check.py"
+
+SCRIPT = REPO / "benchmarks" / "gpu_check.py"
 
 PARTS = (
     "data",
@@ -46,16 +47,7 @@ TRAIN_KEYS = (
 
 @pytest.fixture(scope="module")
 def gc_module():
-    # benchmarks/ is not a package: the script imports its sibling as `from _common import ...`
-    sys.path.insert(0, str(BENCH_DIR))
-    try:
-        spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up while being built
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH_DIR))
-    return module
+    return load_benchmark("gpu_check")
 
 
 @pytest.mark.slow
