@@ -22,7 +22,7 @@ Key names follow the method's description (``lung_weight``, ``gan_weight``, ``fe
 ``optim``
     per-network Adam settings, learning-rate schedule and warm-up, gradient clipping.
 ``train``
-    length, precision, EMA, checkpoints, initialisation from ``pretrained_G``.
+    length, precision, EMA, checkpoints, initialisation from ``pretrained_G``, phases.
 ``eval``
     which metrics and which checkpoint decide "best".
 ``logging``
@@ -69,6 +69,7 @@ from medi2i.config.schema_training import (
     LossConfig,
     OptimConfig,
     OptimizerConfig,
+    PhaseConfig,
     TrainConfig,
 )
 
@@ -91,6 +92,7 @@ __all__ = [
     "OptimConfig",
     "OptimizerConfig",
     "Origin",
+    "PhaseConfig",
     "RegistrationConfig",
     "TrainConfig",
     "build_config",

@@ -8,7 +8,7 @@ The field order here is the key order of every dumped config (``seed``, ``data``
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from medi2i.config.schema_data import DataConfig
 from medi2i.config.schema_model import ModelConfig
@@ -33,3 +33,21 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="after")
+    def _phases_match_model(self) -> Config:
+        """``train.phases`` names the enabled networks: each that is on joins, no other."""
+        phases = self.train.phases
+        if not phases:
+            return self
+        enabled = {"G", *(n for n in ("R", "D") if getattr(self.model, n).enabled)}
+        listed = set(phases[-1].networks)
+        if listed != enabled:
+            extra, missing = sorted(listed - enabled), sorted(enabled - listed)
+            problems = [f"{n} is listed but model.{n}.enabled is false" for n in extra]
+            problems += [f"model.{n}.enabled is true but {n} never joins" for n in missing]
+            raise ValueError(
+                "train.phases: " + "; ".join(problems) + " (the last phase lists every "
+                "enabled network)"
+            )
+        return self

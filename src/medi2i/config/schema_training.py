@@ -9,6 +9,7 @@ often diagnostics are written.
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -128,8 +129,40 @@ class OptimConfig(_Section):
 # --------------------------------------------------------------------------------------------
 
 
+PHASE_NETWORKS = ("G", "R", "D")
+
+
+class PhaseConfig(_Section):
+    """One phase of a run (``train.phases``): the networks that train, for how many epochs.
+
+    A network that is not in a phase takes no part in its steps: G alone is compared with the
+    target directly, without R's warp, and without D's verdict.
+    """
+
+    networks: list[Literal["G", "R", "D"]] = Field(
+        min_length=1, description="the networks trained in this phase; G is in every phase"
+    )
+    epochs: int | None = Field(
+        None, ge=1, description="length in epochs; the last phase omits it and runs to the end"
+    )
+
+    @field_validator("networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        if "G" not in value:
+            raise ValueError(f"G trains in every phase, got networks {value}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"a network is listed twice in {value}")
+        return sorted(value, key=PHASE_NETWORKS.index)
+
+
 class TrainConfig(_Section):
-    """Length, precision, EMA, checkpoints and initialisation of a training run."""
+    """Length, precision, EMA, checkpoints and initialisation of a training run.
+
+    ``phases`` (optional) trains the networks in stages within one run, each phase by epoch,
+    e.g. G and R first, then D joins (:mod:`medi2i.training.phases`). Networks only join:
+    each phase keeps the previous phase's networks, and the last lists every enabled network.
+    """
 
     epochs: int = Field(10, ge=1)
     steps_per_epoch: int | None = Field(None, ge=1, description="default: one pass over data")
@@ -153,6 +186,42 @@ class TrainConfig(_Section):
     )
     max_nonfinite_steps: int = Field(10, ge=1)
     out_dir: str = "runs"
+    phases: list[PhaseConfig] | None = Field(
+        None,
+        description="stages of the run by epoch, e.g. [{networks: [G, R], epochs: 6}, "
+        "{networks: [G, R, D]}]; null: every enabled network from the first step",
+    )
+
+    @model_validator(mode="after")
+    def _phases(self) -> TrainConfig:
+        phases = self.phases
+        if phases is None:
+            return self
+        if not phases:
+            raise ValueError("phases: empty; give at least one phase, or null for none")
+        if phases[-1].epochs is not None:
+            raise ValueError(
+                "phases: the last phase runs to the end of training: leave out its 'epochs' "
+                f"(got {phases[-1].epochs})"
+            )
+        for number, phase in enumerate(phases[:-1], start=1):
+            if phase.epochs is None:
+                raise ValueError(
+                    f"phases: phase {number} needs 'epochs' (only the last phase omits it)"
+                )
+        for number, (before, after) in enumerate(pairwise(phases), start=2):
+            if not set(before.networks) <= set(after.networks):
+                raise ValueError(
+                    f"phases: phase {number} ({'+'.join(after.networks)}) drops a network of phase "
+                    f"{number - 1} ({'+'.join(before.networks)}); networks only join"
+                )
+        staged = sum(p.epochs or 0 for p in phases[:-1])
+        if staged >= self.epochs:
+            raise ValueError(
+                f"phases: those before the last take {staged} epochs, so the last would get none "
+                f"of train.epochs={self.epochs}"
+            )
+        return self
 
     @field_validator("amp", mode="before")
     @classmethod

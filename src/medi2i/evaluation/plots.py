@@ -132,6 +132,26 @@ def _epoch_axis(ax: Axes) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+#: How a phase switch is drawn (a vertical line in the run's colour) and explained.
+_PHASE_LINE = {"ls": (0, (4, 3)), "lw": 1.0, "alpha": 0.8}
+_PHASE_NOTE = "vertical dashes: a network joins (train.phases)"
+
+
+def _mark_phases(axes: Sequence[Axes], runs: Sequence[RunRecord], colors: Sequence[str]) -> bool:
+    """Draw each run's phase switches on every axis; whether any run has one."""
+    marked = False
+    for run, color in zip(runs, colors):
+        for start in run.phase_starts():
+            marked = True
+            for ax in axes:
+                ax.axvline(start, color=color, **_PHASE_LINE)
+    return marked
+
+
+def _titled(fig: Figure, title: str, phases: bool) -> None:
+    fig.suptitle(f"{title}\n{_PHASE_NOTE}" if phases else title, fontsize=11)
+
+
 def _no_data(ax: Axes, text: str = "not logged") -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.5")
     ax.set_axis_off()
@@ -159,7 +179,8 @@ def validation_figure(runs: Sequence[RunRecord]) -> Figure | None:
         _epoch_axis(ax)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
-    fig.suptitle("Validation (EMA weights)", fontsize=11)
+    drawn_axes = [ax for ax in axes.flat if ax.axison]
+    _titled(fig, "Validation (EMA weights)", _mark_phases(drawn_axes, runs, colors))
     _legend(fig, runs, colors)
     return fig
 
@@ -208,8 +229,9 @@ def discriminator_figure(runs: Sequence[RunRecord]) -> Figure | None:
         _epoch_axis(ax)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
-    fig.suptitle("Discriminator", fontsize=11)
-    _legend(fig, [r for r, _ in with_d], [c for _, c in with_d])
+    d_runs, d_colors = [r for r, _ in with_d], [c for _, c in with_d]
+    _titled(fig, "Discriminator", _mark_phases(axes.flat, d_runs, d_colors))
+    _legend(fig, d_runs, d_colors)
     return fig
 
 
@@ -237,6 +259,7 @@ def loss_composition_figure(runs: Sequence[RunRecord]) -> Figure | None:
     fig, axes = _new_figure(rows, cols, 4.0 * cols, 2.9 * rows + 0.6)
     for ax in axes.flat[len(usable) :]:
         ax.set_axis_off()
+    phased = False
     for ax, run in zip(axes.flat, usable):
         x_ref = None
         stacks, labels, colors = [], [], []
@@ -261,6 +284,7 @@ def loss_composition_figure(runs: Sequence[RunRecord]) -> Figure | None:
                 fontsize=7,
                 va="bottom",
             )
+        phased = _mark_phases([ax], [run], ["k"]) or phased
         ax.set_ylim(0, 100)
         ax.set_xlim(x_ref[0], x_ref[-1] if x_ref[-1] > x_ref[0] else x_ref[0] + 1)
         ax.set_title(legend_label(run), fontsize=9)
@@ -272,7 +296,7 @@ def loss_composition_figure(runs: Sequence[RunRecord]) -> Figure | None:
     title = "Composition of G's loss (weighted parts, stacked)"
     if omitted:
         title += "\n100% recon, not shown: " + ", ".join(r.name for r in omitted)
-    fig.suptitle(title, fontsize=11)
+    _titled(fig, title, phased)
     return fig
 
 
@@ -314,7 +338,8 @@ def gradients_figure(runs: Sequence[RunRecord]) -> Figure | None:
             _epoch_axis(ax)
             ax.tick_params(labelsize=8)
             ax.grid(alpha=0.3)
-    fig.suptitle("Gradients and clipping", fontsize=11)
+    drawn_axes = [ax for ax in axes.flat if ax.axison]
+    _titled(fig, "Gradients and clipping", _mark_phases(drawn_axes, runs, colors))
     _legend(fig, runs, colors)
     return fig
 
@@ -344,7 +369,8 @@ def learning_rate_figure(runs: Sequence[RunRecord]) -> Figure | None:
         ax.tick_params(labelsize=8)
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
         ax.grid(alpha=0.3)
-    fig.suptitle("Learning rates", fontsize=11)
+    drawn_axes = [ax for ax in axes.flat if ax.axison]
+    _titled(fig, "Learning rates", _mark_phases(drawn_axes, runs, colors))
     _legend(fig, runs, colors)
     return fig
 

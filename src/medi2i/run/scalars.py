@@ -85,6 +85,7 @@ __all__ = [
     "LUNG_WEIGHT",
     "NETWORKS",
     "PART_NAMES",
+    "PHASE",
     "R1",
     "R1_SCALARS",
     "RECON_DSSIM",
@@ -163,6 +164,9 @@ EPOCH_SECONDS = "epoch_seconds"
 """Wall time of the epoch, validation included."""
 LUNG_WEIGHT = "lung_weight"
 """G's reconstruction lung weight during the epoch (changes under ``loss.lung_weight_start``)."""
+PHASE = "phase"
+"""The training phase of the epoch, 1-based (``train.phases``; 1 throughout without phases):
+a change marks the epoch a network joined."""
 IMAGES_PER_S = "images_per_s"
 """Training images per second: over the logged window in a step row, over the epoch in an
 epoch row."""
@@ -375,7 +379,7 @@ class LoggedScalars:
         """
         keys = [EPOCH, TIME, *(train_key(k) for k in self.step_scalars())]
         keys += [lr_key(net) for net in self.networks]
-        keys += [SKIPPED_STEPS, LUNG_WEIGHT]
+        keys += [SKIPPED_STEPS, LUNG_WEIGHT, PHASE]
         if validated:
             keys += [val_key(k) for k in VAL_D_STATS] if self.d else []
             keys += [BEST_VALUE, BEST_EPOCH]

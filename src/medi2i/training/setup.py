@@ -32,6 +32,7 @@ from medi2i.models.discriminator import resolve_d_conditional
 from medi2i.models.field_centring import SystematicFieldRemoval
 from medi2i.training.distributed import DistContext
 from medi2i.training.ema import EMA, resolve_warmup_steps
+from medi2i.training.phases import Phase, active_epochs, plan_phases
 from medi2i.training.sampler import EpochSampler
 from medi2i.training.schedules import build_scheduler
 from medi2i.training.state import load_pretrained_generator
@@ -175,6 +176,8 @@ class Networks:
     scaler: torch.amp.GradScaler
     g_loss: GeneratorLoss
     d_loss: DiscriminatorLoss
+    phases: tuple[Phase, ...]
+    """The run's phases (one, of every enabled network, without ``train.phases``)."""
 
 
 def trainable_networks(
@@ -251,9 +254,14 @@ def build_networks(
         name: _optimizer(cfg, name, net, device)
         for name, net in trainable_networks(G, R if r_learnt else None, D).items()
     }
+    phases = plan_phases(cfg)
+    # a network joining in a later phase gets its warm-up and decay over its own epochs
     schedulers = {
         name: build_scheduler(
-            opt, cfg.optim, steps_per_epoch=data.steps_per_epoch, epochs=tc.epochs
+            opt,
+            cfg.optim,
+            steps_per_epoch=data.steps_per_epoch,
+            epochs=active_epochs(phases, name, tc.epochs),
         )
         for name, opt in optimizers.items()
     }
@@ -284,4 +292,5 @@ def build_networks(
         scaler=scaler,
         g_loss=GeneratorLoss(cfg.loss, data_range=data.data_range),
         d_loss=DiscriminatorLoss(cfg.loss),
+        phases=phases,
     )

@@ -35,6 +35,10 @@ go through D in one call (spectral normalisation's power iteration then uses the
 for both). In the G step D's parameters are frozen and D is called unwrapped, so its gradients
 are never touched there - which also keeps DDP's gradient reduction for D in the D step only.
 
+Phases (``train.phases``, :mod:`medi2i.training.phases`): a network that has not joined yet takes
+no part - without R the frame is G's own, without D there is no D step and no GAN or FM term - and
+its optimiser and schedule do not step.
+
 The diagnostics a step returns carry the logged names of :mod:`medi2i.run.scalars`.
 """
 
@@ -100,9 +104,24 @@ class _TargetFrame:
 class TrainStep:
     """The training step of :class:`~medi2i.training.trainer.Trainer` (a base class of it).
 
-    It uses the trainer's networks, losses, optimisers, schedules, scaler, EMA, config and
-    step counters (``global_step``, ``d_step``, ``skipped_steps``, ``nonfinite_in_row``).
+    It uses the trainer's networks, losses, optimisers, schedules, scaler, EMA, config, the
+    current training phase (``phase``: the networks that train now, :mod:`.phases`) and step
+    counters (``global_step``, ``d_step``, ``skipped_steps``, ``nonfinite_in_row``).
     """
+
+    @property
+    def r_on(self) -> bool:
+        """R takes part in this phase's steps."""
+        return self.R is not None and "R" in self.phase
+
+    @property
+    def d_on(self) -> bool:
+        """D takes part in this phase's steps."""
+        return self.D is not None and "D" in self.phase
+
+    def _stepping(self) -> list[str]:
+        """The networks with an optimiser that train in this phase."""
+        return [name for name in self.optimizers if name in self.phase]
 
     def _clip_limit(self, name: str) -> float | None:
         own = getattr(self.cfg.optim, name).grad_clip
@@ -146,7 +165,7 @@ class TrainStep:
             y_hat = self.G(x)
         y_hat = y_hat.float()
         frame = self._in_target_frame(y_hat, y, mask, stats)
-        d_total = self._d_step(x, y, y_hat, frame, stats) if self.D is not None else None
+        d_total = self._d_step(x, y, y_hat, frame, stats) if self.d_on else None
         g_total = self._g_step(x, y, y_hat, frame, stats)
         return self._apply_step(g_total, d_total, stats)
 
@@ -159,7 +178,7 @@ class TrainStep:
         warp(G(x)), and the lung mask (drawn in the input's frame) is warped by the same field,
         detached so that R cannot shrink the weighted region.
         """
-        if self.R is None:
+        if not self.r_on:
             return _TargetFrame(y_hat, mask, None)
         if self.r_learnt:
             with self._autocast():
@@ -224,7 +243,7 @@ class TrainStep:
             images = [y, judged]
         else:
             images = [y, y_hat]
-            if self.R is not None and self.cfg.loss.feat_match_weight > 0:
+            if self.r_on and self.cfg.loss.feat_match_weight > 0:
                 images.append(frame.pred)
         d_net = unwrap_model(self.D)
         d_net.requires_grad_(False)
@@ -251,7 +270,7 @@ class TrainStep:
         """G's (and a learnt R's) loss: reconstruction in the target's frame, D's verdict,
         feature matching and R's smoothness; back-propagated into G and R."""
         real_out = fake_out = fm_out = None
-        if self.D is not None:
+        if self.d_on:
             real_out, fake_out, fm_out = self._d_view(x, y, y_hat, frame)
         weighted, raw, d_view = self.g_loss.weighted_terms(
             frame.pred,
@@ -272,7 +291,7 @@ class TrainStep:
         stats.update(parts)
         stats[LOSS_G] = total.detach()
         stats.update(self._clip("G"))
-        if self.r_learnt:
+        if self.r_on and self.r_learnt:
             stats.update(self._clip("R"))
         return total
 
@@ -289,9 +308,10 @@ class TrainStep:
             norms = {grad_norm_key(net) for net in NETWORKS}
             checks += [v for k, v in stats.items() if k in norms]
         finite = bool(torch.isfinite(torch.stack([c.float() for c in checks])).all())
+        stepping = self._stepping()
         if finite:
-            for opt in self.optimizers.values():
-                self.scaler.step(opt)
+            for name in stepping:
+                self.scaler.step(self.optimizers[name])
             decay = self.ema.update(unwrap_model(self.G), self.global_step)
             stats[EMA_DECAY] = torch.tensor(decay)
             self.nonfinite_in_row = 0
@@ -318,9 +338,9 @@ class TrainStep:
             # a skipped first step trips torch's "scheduler before optimizer" warning; the
             # schedule follows the step count either way
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-            for sched in self.schedulers.values():
-                sched.step()
-        if self.D is not None:
+            for name in stepping:  # a network's schedule counts its own steps
+                self.schedulers[name].step()
+        if self.d_on:
             self.d_step += 1
         self.global_step += 1
         return stats

@@ -57,6 +57,7 @@ from medi2i.run.scalars import (
     IMAGES_PER_S,
     LOSS_G,
     LUNG_WEIGHT,
+    PHASE,
     SKIPPED_STEPS,
     lr_key,
     train_key,
@@ -73,6 +74,7 @@ from medi2i.training.distributed import (
 )
 from medi2i.training.epoch_line import epoch_summary_line
 from medi2i.training.launch import attach_file_log, mode_name, new_run_dir, resume_config
+from medi2i.training.phases import phase_at
 from medi2i.training.run_logger import RunLogger
 from medi2i.training.running_means import RunningMeans
 from medi2i.training.samples import sample_grid
@@ -159,6 +161,7 @@ class Trainer(TrainStep):
         self.scaler = nets.scaler
         self.g_loss = nets.g_loss
         self.d_loss = nets.d_loss
+        self.phases = nets.phases
 
         # -- progress state --------------------------------------------------------------------
         self.epoch = 0  # the epoch being (or about to be) trained, 0-based
@@ -175,6 +178,7 @@ class Trainer(TrainStep):
         self.checkpoints = CheckpointManager(self.run_dir, keep_every=tc.checkpoint_every)
         if resume is not None:
             self._restore(resume)
+        self.phase = phase_at(self.phases, self.epoch)
         self.logger = RunLogger(
             self.run_dir,
             tensorboard=cfg.logging.tensorboard,
@@ -212,11 +216,25 @@ class Trainer(TrainStep):
         return iter(self.train_loader)
 
     def _learning_rates(self) -> dict[str, float]:
-        return {lr_key(name): s.get_last_lr()[0] for name, s in self.schedulers.items()}
+        return {lr_key(name): self.schedulers[name].get_last_lr()[0] for name in self._stepping()}
+
+    def _enter_phase(self) -> None:
+        """Set the phase of the epoch about to train; announce a phase as it begins."""
+        self.phase = phase_at(self.phases, self.epoch)
+        if len(self.phases) == 1 or self.step_in_epoch or self.epoch != self.phase.start:
+            return
+        message = self.phase.describe(len(self.phases), self.cfg.train.epochs)
+        if self.phase.number > 1:
+            joining = self.phase.joining(self.phases[self.phase.number - 2])
+            message += f" ({'+'.join(joining)} joining)"
+        log.info(message)
+        if self.ctx.is_main:
+            print(message, flush=True)
 
     def train_epoch(self) -> dict[str, float]:
         """Train the rest of the current epoch; returns the epoch's mean diagnostics."""
         cfg = self.cfg
+        self._enter_phase()
         self.g_loss.lung_weight = lung_weight_at(cfg.loss, self.epoch)
         epoch_means, window = RunningMeans(), RunningMeans()
         bar = Progress(
@@ -271,7 +289,8 @@ class Trainer(TrainStep):
             autocast_dtype=self.amp_dtype,
             sample_count=self.cfg.eval.sample_count if self.ctx.is_main else 0,
             max_images=self.cfg.eval.max_val_images,
-            discriminator=unwrap_model(self.D) if self.D is not None else None,
+            # D's verdict on validation images means something once D trains
+            discriminator=unwrap_model(self.D) if self.d_on else None,
             d_conditional=self.d_conditional,
             gan_mode=self.cfg.loss.gan_mode,
         )
@@ -297,6 +316,7 @@ class Trainer(TrainStep):
                 scalars.update(self._learning_rates())
                 scalars[SKIPPED_STEPS] = float(self.skipped_steps)
                 scalars[LUNG_WEIGHT] = self.g_loss.lung_weight
+                scalars[PHASE] = self.phase.number
                 is_best = False
                 last = self.epoch + 1 == tc.epochs
                 if (self.epoch + 1) % tc.val_every == 0 or last:

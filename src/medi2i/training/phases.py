@@ -1,0 +1,87 @@
+"""Training phases: which networks train in which epochs of one run (``train.phases``).
+
+A run without ``train.phases`` has one phase: every enabled network from the first step. With
+``[{networks: [G, R], epochs: 6}, {networks: [G, R, D]}]``, D joins a G+R run at epoch 7
+(1-based). The rules of a joining network:
+
+* it takes no part before it joins: a step without R compares G's output with the target
+  directly, a step without D has no adversarial or feature-matching term and does not update D;
+* its optimiser starts cleanly (Adam's moments are created by its first step) and its
+  learning-rate schedule - warm-up included - counts from its first step and spans the epochs
+  from its join to the end (:func:`active_epochs`);
+* its weights are built, and checkpointed, from the start, so the random-number stream and the
+  run's layout are those of the same run without phases.
+
+Phases are a pure function of the epoch, so ``--resume`` lands in the phase its epoch belongs to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from medi2i.config import Config
+
+__all__ = ["Phase", "active_epochs", "phase_at", "plan_phases"]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase: its 1-based number, its epochs ``[start, end)`` (0-based) and networks."""
+
+    number: int
+    start: int
+    end: int
+    networks: tuple[str, ...]
+
+    def __contains__(self, network: str) -> bool:
+        return network in self.networks
+
+    def joining(self, previous: Phase | None) -> tuple[str, ...]:
+        """The networks that start training in this phase."""
+        before = previous.networks if previous is not None else ()
+        return tuple(n for n in self.networks if n not in before)
+
+    def describe(self, total: int, epochs: int) -> str:
+        """e.g. ``phase 2/2 (epochs 7-8): G+R+D``."""
+        return (
+            f"phase {self.number}/{total} (epochs {self.start + 1}-{min(self.end, epochs)}): "
+            + "+".join(self.networks)
+        )
+
+
+def plan_phases(cfg: Config) -> tuple[Phase, ...]:
+    """The run's phases in order; one phase of every enabled network without ``train.phases``.
+
+    The last phase ends at ``train.epochs``; the config has checked that it gets at least one
+    epoch and that it lists every enabled network.
+    """
+    epochs = cfg.train.epochs
+    if not cfg.train.phases:
+        nets = ("G", *(n for n in ("R", "D") if getattr(cfg.model, n).enabled))
+        return (Phase(1, 0, epochs, nets),)
+    phases, start = [], 0
+    for number, phase in enumerate(cfg.train.phases, start=1):
+        end = start + phase.epochs if phase.epochs is not None else epochs
+        phases.append(Phase(number, start, end, tuple(phase.networks)))
+        start = end
+    return tuple(phases)
+
+
+def phase_at(phases: tuple[Phase, ...], epoch: int) -> Phase:
+    """The phase that trains ``epoch`` (0-based); epochs past the plan belong to the last."""
+    for phase in phases:
+        if phase.start <= epoch < phase.end:
+            return phase
+    return phases[-1]
+
+
+def active_epochs(phases: tuple[Phase, ...], network: str, epochs: int) -> int:
+    """Epochs of ``network``'s training: from the phase it joins in to ``epochs``.
+
+    Raises:
+        ValueError: ``network`` is in no phase.
+    """
+    for phase in phases:
+        if network in phase:
+            return epochs - phase.start
+    raise ValueError(f"{network} trains in no phase")
