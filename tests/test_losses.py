@@ -162,6 +162,78 @@ def test_ssim_term_matches_metric_and_aligns_mask_with_valid_map():
     assert with_border["l1"].item() != pytest.approx(without["l1"].item(), abs=1e-4)
 
 
+def _block_mean(a, k: int):
+    """numpy: mean over k x k blocks of the last two axes (an independent 2^j pooling)."""
+    import numpy as np
+
+    n, c, h, w = a.shape
+    return (
+        np.asarray(a)[..., : h // k * k, : w // k * k]
+        .reshape(n, c, h // k, k, w // k, k)
+        .mean(axis=(3, 5))
+    )
+
+
+def test_multiresolution_l1_matches_block_means_of_images_and_mask():
+    import numpy as np
+
+    gen = torch.Generator().manual_seed(5)
+    target = torch.rand(2, 1, 24, 20, generator=gen, dtype=torch.float64)
+    pred = target + 0.1 * torch.randn(2, 1, 24, 20, generator=gen, dtype=torch.float64)
+    mask = (torch.rand(2, 1, 24, 20, generator=gen) > 0.5).double()
+    scales, lung = (1.0, 0.5, 0.25), 7.0
+    loss, parts = reconstruction_loss(
+        pred, target, mask, data_range=1.0, lung_weight=lung, ssim_weight=0, scale_weights=scales
+    )
+    expected = 0.0
+    for level, s in enumerate(scales):
+        k = 2**level
+        p, t, m = (_block_mean(a.numpy(), k) for a in (pred, target, mask))
+        w = 1 + (lung - 1) * m  # a coarse pixel is as much lung as its footprint
+        per_image = (w * np.abs(p - t)).sum(axis=(1, 2, 3)) / w.sum(axis=(1, 2, 3))
+        expected += s * per_image.mean()
+    expected /= sum(scales)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert parts["l1"].item() == pytest.approx(expected, rel=1e-5)
+    # one level is the plain loss; the total keeps its scale (a uniform error e costs e)
+    plain, _ = reconstruction_loss(pred, target, mask, data_range=1.0, ssim_weight=0)
+    single, _ = reconstruction_loss(
+        pred, target, mask, data_range=1.0, ssim_weight=0, scale_weights=(2.0,)
+    )
+    assert single.item() == pytest.approx(plain.item(), rel=1e-12)
+    uniform, _ = reconstruction_loss(
+        target + 0.03, target, mask, data_range=1.0, ssim_weight=0, scale_weights=scales
+    )
+    assert uniform.item() == pytest.approx(0.03, rel=1e-6)  # float32
+
+
+def test_multiresolution_coarse_levels_see_what_the_fine_one_does_not():
+    """A low-frequency error counts more at coarse levels; a zero-weight level is skipped."""
+    yy = torch.linspace(0, 1, 64).view(1, 1, 64, 1).expand(1, 1, 64, 64)
+    target = 0.5 + 0.1 * torch.sin(40 * yy)
+    checker = 0.05 * (torch.arange(64).view(-1, 1) + torch.arange(64)).remainder(2) * 2 - 0.05
+    fine_error = target + checker  # averages out in every 2x2 block
+    fine, _ = reconstruction_loss(fine_error, target, data_range=1.0, ssim_weight=0)
+    multi, _ = reconstruction_loss(
+        fine_error, target, data_range=1.0, ssim_weight=0, scale_weights=(1, 1)
+    )
+    assert multi.item() == pytest.approx(fine.item() / 2, rel=1e-5)
+    # the coarsest level's weight is 0: it is never computed, so tiny images are fine
+    tiny = torch.rand(1, 1, 24, 24)
+    reconstruction_loss(tiny, tiny, data_range=1.0, scale_weights=(1.0, 0.5, 0.0))
+    with pytest.raises(ValueError, match=r"6 px at level 2 \(1/4\).*SSIM window"):
+        reconstruction_loss(tiny, tiny, data_range=1.0, scale_weights=(1.0, 0.5, 0.25))
+    with pytest.raises(ValueError, match="positive sum"):
+        reconstruction_loss(tiny, tiny, data_range=1.0, scale_weights=(0.0,))
+    with pytest.raises(ValueError, match="positive sum"):
+        LossConfig(recon_scales=[1.0, -0.5])
+    assert GeneratorLoss(LossConfig(recon_scales=[1, 1]), data_range=1.0)(fine_error, target)[1][
+        "recon"
+    ].item() == pytest.approx(
+        reconstruction_loss(fine_error, target, data_range=1.0, scale_weights=(1, 1))[0].item()
+    )
+
+
 def test_recon_differentiable_float32_and_errors():
     gen = torch.Generator().manual_seed(3)
     target = torch.rand(2, 1, 16, 16, generator=gen) * 2 - 1

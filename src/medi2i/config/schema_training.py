@@ -61,6 +61,14 @@ class LossConfig(_Section):
         "balance (smoothness 10 against an L1 on [-1, 1] weighted 20)",
     )
     smooth_type: Literal["gradient_l2", "bending"] = "gradient_l2"
+    recon_scales: list[float] = Field(
+        default_factory=lambda: [1.0],
+        min_length=1,
+        max_length=5,
+        description="multi-resolution reconstruction: the weight of L1+SSIM at full, 1/2, 1/4, "
+        "... resolution (2x2 average pooling of images and mask), normalised by their sum; "
+        "[1] = full resolution only, e.g. [1, 0.5, 0.25]",
+    )
     lung_weight_start: float | None = Field(
         None,
         ge=0.0,
@@ -74,6 +82,13 @@ class LossConfig(_Section):
     lung_weight_ramp: Literal["linear", "cosine"] = Field(
         "linear", description="shape of the lung-weight ramp"
     )
+
+    @field_validator("recon_scales")
+    @classmethod
+    def _recon_scales(cls, value: list[float]) -> list[float]:
+        if any(w < 0 for w in value) or sum(value) <= 0:
+            raise ValueError(f"weights must be >= 0 with a positive sum, got {value}")
+        return value
 
     @model_validator(mode="after")
     def _curriculum(self) -> LossConfig:

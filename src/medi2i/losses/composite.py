@@ -189,6 +189,7 @@ class GeneratorLoss:
             lung_weight=self.lung_weight,
             l1_weight=cfg.l1_weight,
             ssim_weight=cfg.ssim_weight,
+            scale_weights=tuple(cfg.recon_scales),
         )
         zero = recon.new_zeros(())
         raw = {"recon": recon, "gan": zero, "fm": zero, "smooth": zero}

@@ -24,6 +24,15 @@ within ``b`` px of the image border do not count in the SSIM term (there the win
 the image); they still count in the L1 term. The crop is derived from the map's shape, so it
 follows the metrics module if its window ever changes.
 
+Multi-resolution (``scale_weights``, e.g. ``(1, 0.5, 0.25)``): the same loss at full, 1/2 and
+1/4 resolution, each level 2×2 average pooling of the one above for prediction, target and mask,
+combined as ``Σ s_k·loss_k / Σ s_k`` (so the total stays on the scale of a plain mean and its
+balance with the other terms of G's loss does not move with the number of levels). A coarse
+pixel's mask value is the mean of its footprint's mask - the fraction of it that is lung - so its
+weight ``1 + (lung_weight − 1)·mean(mask)`` is the mean of its footprint's weights: a pixel is as
+much "lung" at a coarse level as its footprint is. Coarse levels compare structure at scales the
+full-resolution window does not see; a level whose weight is 0 is not computed.
+
 The SSIM code lives once, in :mod:`medi2i.metrics`; this module only weights its map.
 """
 
@@ -32,6 +41,7 @@ from __future__ import annotations
 import logging
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from medi2i.metrics import ssim_map
@@ -99,6 +109,50 @@ def _weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
     return (weights * values).sum(dim=(1, 2, 3)) / total
 
 
+def _single_scale(
+    p: Tensor,
+    t: Tensor,
+    weights: Tensor,
+    *,
+    data_range: float,
+    l1_weight: float,
+    ssim_weight: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(loss, l1, dssim)`` at one resolution (float32 images, pixel weights)."""
+    zero = p.new_zeros(())
+    loss = l1 = dssim = zero
+    if l1_weight != 0:
+        l1 = _weighted_mean((p - t).abs(), weights).mean()
+        loss = loss + l1_weight * l1
+    if ssim_weight != 0:
+        smap = ssim_map(p, t, data_range=data_range)
+        map_h, map_w = smap.shape[-2:]
+        top, left = (p.shape[-2] - map_h) // 2, (p.shape[-1] - map_w) // 2
+        cropped = weights[..., top : top + map_h, left : left + map_w]
+        dssim = _weighted_mean(1.0 - smap, cropped).mean()
+        loss = loss + ssim_weight * dssim
+    return loss, l1, dssim
+
+
+def _check_scales(scale_weights: tuple[float, ...], shape: tuple[int, ...], ssim: bool) -> None:
+    if not scale_weights or any(w < 0 for w in scale_weights) or sum(scale_weights) <= 0:
+        raise ValueError(
+            "reconstruction_loss: scale_weights must be non-negative with a positive sum, got "
+            f"{list(scale_weights)}"
+        )
+    level = len(scale_weights) - 1
+    if level == 0:
+        return  # full resolution alone: the SSIM map's own check applies
+    smallest = min(shape[-2:]) >> level
+    if smallest < 1 or (ssim and scale_weights[-1] > 0 and smallest < 11):
+        raise ValueError(
+            f"reconstruction_loss: an image of {shape[-2]}x{shape[-1]} px is {smallest} px at "
+            f"level {level} (1/{2**level}), too small for the "
+            + ("SSIM window (11 px)" if ssim else "pooling")
+            + "; use fewer levels or larger crops"
+        )
+
+
 def reconstruction_loss(
     pred: Tensor,
     target: Tensor,
@@ -108,6 +162,7 @@ def reconstruction_loss(
     lung_weight: float = 10.0,
     l1_weight: float = 1.0,
     ssim_weight: float = 1.0,
+    scale_weights: tuple[float, ...] = (1.0,),
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Lung-weighted ``l1_weight·L1 + ssim_weight·(1 − SSIM)`` (see the module docstring).
 
@@ -124,31 +179,37 @@ def reconstruction_loss(
         lung_weight: pixel weight inside the mask.
         l1_weight: weight of the L1 term.
         ssim_weight: weight of the ``1 − SSIM`` term.
+        scale_weights: weight of each resolution level, full resolution first, each next level
+            half the size (module docstring); ``(1,)`` is the full-resolution loss alone.
 
     Returns:
         ``(loss, parts)``: the scalar loss (batch mean) and a dict of detached scalars
-        ``l1`` (weighted-mean absolute error) and ``dssim`` (weighted mean of ``1 − SSIM``);
-        a term that is switched off reads 0.
+        ``l1`` (weighted-mean absolute error) and ``dssim`` (weighted mean of ``1 − SSIM``),
+        combined over the levels as the loss is; a term that is switched off reads 0.
 
     Raises:
-        ValueError: on mismatched shapes, a bad mask, images smaller than 11×11 with
-            ``ssim_weight > 0`` or a non-positive ``data_range``.
+        ValueError: on mismatched shapes, a bad mask, images smaller than 11×11 (at the
+            coarsest level with a weight) with ``ssim_weight > 0``, bad ``scale_weights`` or a
+            non-positive ``data_range``.
         TypeError: on arguments that are not tensors.
     """
     _check_images(pred, target)
+    _check_scales(tuple(scale_weights), tuple(pred.shape), ssim_weight != 0)
     p, t = pred.float(), target.float()
     weights = pixel_weights(mask, p, lung_weight)
-    zero = p.new_zeros(())
-    loss = zero
-    l1 = dssim = zero
-    if l1_weight != 0:
-        l1 = _weighted_mean((p - t).abs(), weights).mean()
-        loss = loss + l1_weight * l1
-    if ssim_weight != 0:
-        smap = ssim_map(p, t, data_range=data_range)
-        map_h, map_w = smap.shape[-2:]
-        top, left = (p.shape[-2] - map_h) // 2, (p.shape[-1] - map_w) // 2
-        cropped = weights[..., top : top + map_h, left : left + map_w]
-        dssim = _weighted_mean(1.0 - smap, cropped).mean()
-        loss = loss + ssim_weight * dssim
+    total_weight = float(sum(scale_weights))
+    loss = l1 = dssim = p.new_zeros(())
+    for level, scale_weight in enumerate(scale_weights):
+        if level:
+            # a coarse pixel's weight is the mean of its footprint's (= from the mask's mean)
+            p, t, weights = (F.avg_pool2d(a, 2) for a in (p, t, weights))
+        if scale_weight == 0:
+            continue
+        share = scale_weight / total_weight
+        level_loss, level_l1, level_dssim = _single_scale(
+            p, t, weights, data_range=data_range, l1_weight=l1_weight, ssim_weight=ssim_weight
+        )
+        loss = loss + share * level_loss
+        l1 = l1 + share * level_l1
+        dssim = dssim + share * level_dssim
     return loss, {"l1": l1.detach(), "dssim": dssim.detach()}
