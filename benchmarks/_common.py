@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +76,74 @@ def load_run_split(
     cfg.data.root, cfg.data.manifest = str(data), None
     dataset = build_dataset(cfg, split, normalizer=loaded.normalizer, train=False)
     return loaded, dataset, float(loaded.normalizer.out_hi - loaded.normalizer.out_lo)
+
+
+_PREDICT_PROBE = textwrap.dedent(
+    """
+    import json, resource, sys, time
+    start = time.perf_counter()
+    import numpy as np, torch
+    from medi2i.data.io import read_image
+    from medi2i.inference import Predictor
+    imported = time.perf_counter()
+    run, tta, sources = sys.argv[1], sys.argv[4], sys.argv[6:]
+    size, tile, repeats = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[5])
+    transforms = tta.split(",") if tta else None
+    predictor = Predictor.from_run(run, tile=tile or None, batch_size=1, tta=transforms)
+    loaded = time.perf_counter()
+    images = []
+    for source in sources:
+        image, meta = read_image(source)
+        if image.shape != (size, size):
+            image = torch.nn.functional.interpolate(
+                torch.from_numpy(image.astype(np.float32))[None, None], size=(size, size),
+                mode="bilinear", align_corners=False)[0, 0].numpy()
+        images.append((image, meta.stored_dtype, source))
+    seconds, finite = [], True
+    for k in range(repeats):
+        image, dtype, source = images[k % len(images)]
+        t0 = time.perf_counter()
+        out = predictor(image, stored_dtype=dtype, source=source)
+        seconds.append(time.perf_counter() - t0)
+        finite = finite and bool(np.isfinite(out).all())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(json.dumps({"import_s": imported - start, "load_s": loaded - imported,
+                      "seconds": seconds, "peak_rss_mb": peak, "finite": finite,
+                      "threads": torch.get_num_threads()}))
+    """
+)
+
+
+def predict_probe(
+    run: str | os.PathLike,
+    sources: list[Path],
+    *,
+    size: int,
+    tile: int = 0,
+    tta: str = "",
+    repeats: int = 1,
+) -> dict[str, Any]:
+    """Time :class:`medi2i.Predictor` as ``medi2i predict`` uses it, in a fresh process.
+
+    The process imports medi2i (``import_s``), loads the run (``load_s``), then predicts
+    ``repeats`` images (``sources`` in turn, read in their stored units and resized to
+    ``size`` x ``size`` when they differ) and reports each call's seconds and its peak resident
+    memory (``peak_rss_mb``: the whole process, Python and torch included).
+
+    Args:
+        run: run directory or checkpoint.
+        sources: image files to predict.
+        size: side of the predicted images in px.
+        tile: tile side (0: the predictor's default).
+        tta: comma-separated TTA transforms ("" for none).
+        repeats: predictions to time.
+
+    Raises:
+        RuntimeError: the probe failed (its stderr is in the message).
+    """
+    cmd = [sys.executable, "-c", _PREDICT_PROBE, str(run), str(size), str(tile), tta]
+    cmd += [str(repeats), *map(str, sources)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"prediction probe ({size} px, tile {tile}) failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -23,17 +23,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from _common import load_run_split, machine_info, write_report
+from _common import load_run_split, machine_info, predict_probe, write_report
 from medi2i.inference import Predictor
 from medi2i.inference.tiling import DEFAULT_TILE
 from medi2i.metrics import compute_metrics, reference_key
@@ -41,27 +37,6 @@ from medi2i.metrics import compute_metrics, reference_key
 logger = logging.getLogger("bench_tiling")
 
 METRICS = ("psnr", "hfen")
-
-_MEMORY_PROBE = textwrap.dedent(
-    """
-    import json, resource, sys, time
-    import numpy as np, torch
-    from medi2i.data.io import read_image
-    from medi2i.inference import Predictor
-    run, source, size, tile = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    image, meta = read_image(source)
-    big = torch.nn.functional.interpolate(
-        torch.from_numpy(image.astype(np.float32))[None, None], size=(size, size),
-        mode="bilinear", align_corners=False)[0, 0].numpy()
-    predictor = Predictor.from_run(run, tile=tile or None, batch_size=1)
-    start = time.perf_counter()
-    out = predictor(big, stored_dtype=meta.stored_dtype, source=source)
-    seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    finite = bool(np.isfinite(out).all())
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak, "finite": finite}))
-    """
-)
 
 
 def agreement(args: argparse.Namespace, device: torch.device) -> dict:
@@ -127,12 +102,14 @@ def memory(args: argparse.Namespace) -> list[dict]:
     results = []
     for size in args.memory_size:
         for tile in [DEFAULT_TILE] + ([0] if args.memory_whole else []):
-            cmd = [sys.executable, "-c", _MEMORY_PROBE, args.run, str(source), str(size), str(tile)]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise RuntimeError(f"memory probe {size}px tile {tile} failed:\n{done.stderr}")
-            result = json.loads(done.stdout.strip().splitlines()[-1])
-            result.update({"size": size, "tile": tile or None})
+            probe = predict_probe(args.run, [source], size=size, tile=tile)
+            result = {
+                "seconds": probe["seconds"][0],
+                "peak_rss_mb": probe["peak_rss_mb"],
+                "finite": probe["finite"],
+                "size": size,
+                "tile": tile or None,
+            }
             results.append(result)
             logger.warning("memory %s", result)
     return results
