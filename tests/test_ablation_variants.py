@@ -58,5 +58,5 @@ def test_options_are_paired_by_seed_and_judged_by_their_intervals(tmp_path):
     assert bench.verdict(worse_hfen) == "worse"
     worse_hfen["psnr_mask"] = {"mean": 0.5, "ci_low": 0.2, "ci_high": 0.8}
     assert bench.verdict(worse_hfen) == "mixed"
-    with pytest.raises(SystemExit, match="no successful G\\+R\\+D run"):
+    with pytest.raises(SystemExit, match="has no successful G\\+R run"):
         bench.main([str(tmp_path / "base"), f"x={tmp_path / 'up'}", "--arm", "G+R"])
