@@ -432,3 +432,35 @@ def test_the_step_compares_warped_output_and_target(tmp_path, monkeypatch):
     torch.testing.assert_close(seen["perceptual_target"], batch["target"])
     assert not torch.allclose(seen["pred"], g_outputs[0])  # R moved it into the target's frame
     assert float(stats["w_perceptual"]) > 0
+
+
+def test_a_resumed_run_loads_the_network_from_its_file_again(dataset_root, tmp_path):
+    """The network is not in the checkpoint: a resume reads the file the config names (and
+    stops, naming it, when it is gone); the resumed epoch matches an uninterrupted run."""
+    weights = small_vgg_file(tmp_path / "vgg16.pth", deepest="relu1_2")
+    on = (
+        "loss.perceptual_weight=0.5",
+        f"loss.perceptual.weights={weights}",
+        "loss.perceptual.layers=[relu1_2]",
+    )
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    train(
+        tiny_run_config(dataset_root, *MODES["G"], *_quiet(*on, "train.epochs=2")),
+        out=str(straight),
+    )
+    train(tiny_run_config(dataset_root, *MODES["G"], *_quiet(*on)), out=str(stopped))
+    hidden = weights.rename(tmp_path / "elsewhere.pth")
+    with pytest.raises(PerceptualWeightsError, match=str(weights)):
+        train(resume=str(stopped), overrides=["train.epochs=2"])
+    hidden.rename(weights)
+    train(resume=str(stopped), overrides=["train.epochs=2"])
+
+    def steps(run: Path) -> list[dict]:
+        return [json.loads(line) for line in RunLayout(run).steps.read_text().splitlines()]
+
+    resumed, reference = steps(stopped), steps(straight)
+    assert [r["step"] for r in resumed] == [r["step"] for r in reference] == [1, 2, 3, 4]
+    for got, want in zip(resumed[2:], reference[2:]):
+        assert got["w_perceptual"] > 0
+        assert got["w_perceptual"] == pytest.approx(want["w_perceptual"], rel=1e-6)
+        assert got["loss_G"] == pytest.approx(want["loss_G"], rel=1e-6)
