@@ -464,3 +464,16 @@ def test_a_resumed_run_loads_the_network_from_its_file_again(dataset_root, tmp_p
         assert got["w_perceptual"] > 0
         assert got["w_perceptual"] == pytest.approx(want["w_perceptual"], rel=1e-6)
         assert got["loss_G"] == pytest.approx(want["loss_G"], rel=1e-6)
+
+
+def test_a_run_with_an_unusable_file_stops_before_training(dataset_root, tmp_path):
+    missing = tmp_path / "vgg16-397923af.pth"
+    cfg = tiny_run_config(
+        dataset_root,
+        *MODES["G"],
+        *_quiet("loss.perceptual_weight=0.5", f"loss.perceptual.weights={missing}"),
+    )
+    run = tmp_path / "run"
+    with pytest.raises(PerceptualWeightsError, match="no such file"):
+        train(cfg, out=str(run))
+    assert not run.exists()  # refused before anything ran: no run folder is left

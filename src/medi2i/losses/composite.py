@@ -12,8 +12,8 @@ G's loss::
 ``share_<part> = 100 · |w_<part>| / Σ |w_*|`` (in %, the shares sum to 100; absolute values
 because the hinge G loss can be negative; all 0 if every part is 0). A part that is off (no D
 outputs given, no field given, no perceptual network given, or weight 0) reads 0 and is not
-computed. These are the numbers
-that show, e.g., a GAN term drowned by the others (recon 47 %, GAN 18 %, FM 35 %).
+computed. These are the numbers that show, e.g., a GAN term drowned by the others (recon 47 %,
+GAN 18 %, FM 35 %).
 
 D's loss::
 
