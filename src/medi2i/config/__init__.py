@@ -18,7 +18,8 @@ Key names follow the method's description (``lung_weight``, ``gan_weight``, ``fe
 ``model``
     the generator ``G``, registration network ``R`` and discriminator ``D``.
 ``loss``
-    reconstruction (L1 + SSIM, lung-weighted), adversarial, feature matching, R1, smoothness.
+    reconstruction (L1 + SSIM, lung-weighted), adversarial, feature matching, R1, smoothness,
+    the optional perceptual term (``loss.perceptual``: its frozen network and local file).
 ``optim``
     per-network Adam settings, learning-rate schedule and warm-up, gradient clipping.
 ``train``
@@ -64,16 +65,21 @@ from medi2i.config.schema_model import (
     RegistrationConfig,
 )
 from medi2i.config.schema_training import (
+    PERCEPTUAL_WEIGHT_FILES,
     EvalConfig,
     LoggingConfig,
     LossConfig,
     OptimConfig,
     OptimizerConfig,
+    PerceptualConfig,
+    PerceptualNetwork,
     PhaseConfig,
     TrainConfig,
+    perceptual_weights_hint,
 )
 
 __all__ = [
+    "PERCEPTUAL_WEIGHT_FILES",
     "AugmentConfig",
     "Config",
     "ConfigError",
@@ -92,6 +98,8 @@ __all__ = [
     "OptimConfig",
     "OptimizerConfig",
     "Origin",
+    "PerceptualConfig",
+    "PerceptualNetwork",
     "PhaseConfig",
     "RegistrationConfig",
     "TrainConfig",
@@ -100,5 +108,6 @@ __all__ = [
     "dump_config",
     "load_config",
     "parse_override",
+    "perceptual_weights_hint",
     "save_config",
 ]

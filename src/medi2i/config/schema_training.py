@@ -1,6 +1,7 @@
 """The sections that shape a training run: ``loss``, ``optim``, ``train``, ``eval``, ``logging``.
 
-:class:`LossConfig` weighs G's loss terms; :class:`OptimConfig` holds one
+:class:`LossConfig` weighs G's loss terms (:class:`PerceptualConfig` names the frozen feature
+network of its optional perceptual term); :class:`OptimConfig` holds one
 :class:`OptimizerConfig` per network plus the learning-rate schedule, warm-up and gradient
 clipping; :class:`TrainConfig` the run's length, precision, EMA, checkpoints and initialisation;
 :class:`EvalConfig` how validation picks the best checkpoint; :class:`LoggingConfig` where and how
@@ -20,9 +21,78 @@ from medi2i.config.section import _Section
 # loss
 # --------------------------------------------------------------------------------------------
 
+PerceptualNetwork = Literal["vgg16", "vgg19", "discriminator"]
+
+PERCEPTUAL_WEIGHT_FILES: dict[str, tuple[str, str]] = {
+    "vgg16": ("vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth"),
+    "vgg19": ("vgg19-dcbb9e9d.pth", "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"),
+}
+"""The local file each VGG network loads (torchvision's ImageNet weights) and where a user can
+download it; medi2i itself downloads nothing."""
+
+
+def perceptual_weights_hint(network: str) -> str:
+    """What ``loss.perceptual.weights`` must name for ``network`` (used in error messages)."""
+    if network in PERCEPTUAL_WEIGHT_FILES:
+        name, url = PERCEPTUAL_WEIGHT_FILES[network]
+        return (
+            f"the local path of torchvision's ImageNet {network.upper()} weights file {name} "
+            f"(medi2i downloads nothing: fetch it yourself from {url})"
+        )
+    return (
+        "a medi2i run directory (its best checkpoint, else its last) or a checkpoint .pt of a "
+        "run with an unconditional D, whose frozen D gives the features (works offline)"
+    )
+
+
+class PerceptualConfig(_Section):
+    """The frozen feature network of G's perceptual term (``loss.perceptual_weight``).
+
+    ``vgg16`` / ``vgg19``: torchvision's ImageNet VGG ``features`` stack, loaded from the local
+    file ``weights`` names (:data:`PERCEPTUAL_WEIGHT_FILES`); ``layers`` picks its ReLU outputs
+    (``relu1_2``, ``relu2_2``, ...; null: ``relu1_2, relu2_2, relu3_3, relu4_3`` for vgg16,
+    ``relu1_2, relu2_2, relu3_4, relu4_4`` for vgg19). ``discriminator``: the D of a previous
+    medi2i run (``weights``: its run directory or a checkpoint), every intermediate feature map of
+    every scale; ``layers`` must stay null. Networks and input normalisation:
+    ``medi2i.models.feature_nets``.
+    """
+
+    network: PerceptualNetwork = Field(
+        "vgg16", description="feature network: vgg16, vgg19 (ImageNet) or a run's discriminator"
+    )
+    weights: str | None = Field(
+        None,
+        description="local file of the network's weights: vgg16-397923af.pth / "
+        "vgg19-dcbb9e9d.pth (torchvision's), or a run directory / checkpoint for discriminator; "
+        "nothing is downloaded",
+    )
+    layers: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="VGG layers compared (relu1_1, relu1_2, relu2_1, ...); null: the network's "
+        "default set",
+    )
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError(f"a layer is listed twice in {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _discriminator_layers(self) -> PerceptualConfig:
+        if self.network == "discriminator" and self.layers is not None:
+            raise ValueError(
+                "layers: the discriminator's features are every intermediate feature map of "
+                f"every scale; leave layers null (got {self.layers})"
+            )
+        return self
+
 
 class LossConfig(_Section):
-    """G's loss: ``w_recon + gan_weight*GAN + feat_match_weight*FM (+ smooth_weight*smooth)``.
+    """G's loss: ``w_recon + gan_weight*GAN + feat_match_weight*FM (+ smooth_weight*smooth)
+    (+ perceptual_weight*perceptual)``.
 
     ``w_recon = recon_weight * (l1_weight*L1 + ssim_weight*(1 - SSIM))`` with each pixel
     weighted 1 outside the mask and ``lung_weight`` inside. RegGAN's published settings for
@@ -31,7 +101,9 @@ class LossConfig(_Section):
     ``smooth_weight = data_range / 4`` at ``recon_weight`` 1: 0.25 for [0, 1] data, the default
     (see ``medi2i.losses.regularizers``). ``r1_weight`` is gamma in ``gamma/2 * E|grad D(real)|^2``
     (0 = off), applied every ``r1_interval`` D steps and then multiplied by the interval (lazy
-    regularisation, StyleGAN2). Conventions of every term: ``medi2i.losses``.
+    regularisation, StyleGAN2). ``perceptual_weight`` (0 = off) weighs a mean L1 between frozen
+    features of the prediction and of the target (``perceptual``: which network, from which
+    local file; :mod:`medi2i.losses.perceptual`). Conventions of every term: ``medi2i.losses``.
     """
 
     recon_weight: float = Field(1.0, ge=0.0)
@@ -82,6 +154,14 @@ class LossConfig(_Section):
     lung_weight_ramp: Literal["linear", "cosine"] = Field(
         "linear", description="shape of the lung-weight ramp"
     )
+    perceptual_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description="weight of the perceptual term, an L1 between frozen features of the "
+        "prediction (in the target's frame) and of the target; 0 = off; try 0.1-1.0 (relative "
+        "to l1_weight's L1); needs loss.perceptual.weights",
+    )
+    perceptual: PerceptualConfig = Field(default_factory=PerceptualConfig)
 
     @field_validator("recon_scales")
     @classmethod
@@ -95,6 +175,17 @@ class LossConfig(_Section):
         if self.lung_weight_start is not None and self.lung_weight_ramp_epochs < 1:
             raise ValueError(
                 "lung_weight_start needs lung_weight_ramp_epochs >= 1 (the epochs of the ramp)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _perceptual_weights(self) -> LossConfig:
+        if self.perceptual_weight > 0 and self.perceptual.weights is None:
+            network = self.perceptual.network
+            raise ValueError(
+                f"perceptual_weight={self.perceptual_weight} needs perceptual.weights: for "
+                f"network {network!r}, {perceptual_weights_hint(network)}; or set "
+                "perceptual_weight: 0 (off)"
             )
         return self
 

@@ -75,6 +75,7 @@ _PART_STYLES = {
     "fm": ("FM", "#ff7f0e"),
     "recon": ("recon", "#1f77b4"),
     "smooth": ("smooth (R)", "#2ca02c"),
+    "perceptual": ("perceptual", "#9467bd"),
 }
 if set(_PART_STYLES) != set(PART_NAMES):  # a new loss part needs a label and a colour here
     raise ImportError(
@@ -236,7 +237,7 @@ def discriminator_figure(runs: Sequence[RunRecord]) -> Figure | None:
 
 
 def loss_composition_figure(runs: Sequence[RunRecord]) -> Figure | None:
-    """Stacked shares (percent) of G's loss per run: GAN, FM, recon, smoothness.
+    """Stacked shares (percent) of G's loss per run: GAN, FM, recon, smoothness, perceptual.
 
     Runs whose loss is reconstruction only (G-only) get no panel of their own when other runs
     have something to show; the title lists them.

@@ -19,7 +19,7 @@ from medi2i.data.intensity import IntensityProfile
 from medi2i.data.normalization import Normalizer
 from medi2i.models import build_generator
 from medi2i.run.checkpoint import load_checkpoint
-from medi2i.run.layout import RunLayout
+from medi2i.run.layout import resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -38,29 +38,6 @@ class LoadedGenerator:
     epoch: int | None
     intensity: IntensityProfile | None = None
     """The training inputs' intensities; ``None`` when the checkpoint carries none."""
-
-
-def resolve_checkpoint(run_or_checkpoint: str | Path, which: str = "best") -> Path:
-    """A checkpoint file from a run directory (``best``, falling back to ``last``) or a file.
-
-    Raises:
-        FileNotFoundError: neither exists.
-    """
-    path = Path(run_or_checkpoint)
-    if path.is_file():
-        return path
-    layout = RunLayout(path)
-    candidates = (
-        [layout.best_checkpoint, layout.last_checkpoint]
-        if which == "best"
-        else [layout.last_checkpoint]
-    )
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"{path}: no checkpoint found (looked for {', '.join(str(c) for c in candidates)})"
-    )
 
 
 def load_generator(

@@ -2,16 +2,18 @@
 
 G's loss::
 
-    total = w_recon + w_gan + w_fm (+ w_smooth)
-    w_recon  = recon_weight · (l1_weight·L1 + ssim_weight·(1 − SSIM))   lung-weighted
-    w_gan    = gan_weight · GAN_G                                       (AdversarialLoss.g_loss)
-    w_fm     = feat_match_weight · FM                                   (feature_matching_loss)
-    w_smooth = smooth_weight · smoothness(field)                        (R on)
+    total = w_recon + w_gan + w_fm (+ w_smooth) (+ w_perceptual)
+    w_recon      = recon_weight · (l1_weight·L1 + ssim_weight·(1 − SSIM))   lung-weighted
+    w_gan        = gan_weight · GAN_G                                   (AdversarialLoss.g_loss)
+    w_fm         = feat_match_weight · FM                               (feature_matching_loss)
+    w_smooth     = smooth_weight · smoothness(field)                    (R on)
+    w_perceptual = perceptual_weight · perceptual(pred, target)         (PerceptualLoss)
 
-``share_<part> = 100 · |w_<part>| / Σ |w_*|`` (in %, the four shares sum to 100; absolute values
+``share_<part> = 100 · |w_<part>| / Σ |w_*|`` (in %, the shares sum to 100; absolute values
 because the hinge G loss can be negative; all 0 if every part is 0). A part that is off (no D
-outputs given, no field given, or weight 0) reads 0 and is not computed. These are the numbers
-that show, e.g., a GAN term drowned by the others (recon 47 %, GAN 18 %, FM 35 %).
+outputs given, no field given, no perceptual network given, or weight 0) reads 0 and is not
+computed. These are the numbers that show, e.g., a GAN term drowned by the others (recon 47 %,
+GAN 18 %, FM 35 %).
 
 D's loss::
 
@@ -22,8 +24,9 @@ term to balance except R1, which has its own weight).
 
 All parts are detached 0-dim tensors; nothing here calls ``.item()`` or otherwise waits for the
 device, so the trainer chooses when to read them. These classes hold no parameters and are
-plain callables. The parts' names are the logged names of :mod:`medi2i.run.scalars`
-(:data:`PART_NAMES` is defined there and re-exported here).
+plain callables (the perceptual term's frozen network is handed in, built by
+:func:`~medi2i.losses.perceptual.build_perceptual_loss`). The parts' names are the logged names
+of :mod:`medi2i.run.scalars` (:data:`PART_NAMES` is defined there and re-exported here).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from medi2i.losses.adversarial import (
     r1_penalty,
     r1_scale,
 )
+from medi2i.losses.perceptual import PerceptualLoss
 from medi2i.losses.reconstruction import reconstruction_loss
 from medi2i.losses.regularizers import smoothness_loss
 from medi2i.run.scalars import (
@@ -89,16 +93,32 @@ class GeneratorLoss:
         cfg: loss settings (default ``LossConfig()``).
         data_range: intensity range width of the images (1.0 for [0, 1], 2.0 for [−1, 1]),
             used by SSIM.
+        perceptual: the perceptual term (:func:`~medi2i.losses.perceptual.
+            build_perceptual_loss`), needed when ``cfg.perceptual_weight > 0``; ignored
+            otherwise.
 
     Raises:
-        ValueError: if ``data_range`` is not positive.
+        ValueError: if ``data_range`` is not positive, or ``perceptual_weight > 0`` without
+            ``perceptual``.
     """
 
-    def __init__(self, cfg: LossConfig | None = None, *, data_range: float) -> None:
+    def __init__(
+        self,
+        cfg: LossConfig | None = None,
+        *,
+        data_range: float,
+        perceptual: PerceptualLoss | None = None,
+    ) -> None:
         if not data_range > 0:
             raise ValueError(f"GeneratorLoss: data_range must be positive, got {data_range}")
         self.cfg = cfg if cfg is not None else LossConfig()
         self.data_range = float(data_range)
+        if self.cfg.perceptual_weight > 0 and perceptual is None:
+            raise ValueError(
+                f"GeneratorLoss: perceptual_weight={self.cfg.perceptual_weight} needs the "
+                "perceptual loss (build it with medi2i.losses.build_perceptual_loss)"
+            )
+        self.perceptual = perceptual if self.cfg.perceptual_weight > 0 else None
         self.adversarial = AdversarialLoss(self.cfg.gan_mode)
         # the reconstruction's lung weight; the trainer sets it each epoch under a curriculum
         self.lung_weight = float(self.cfg.lung_weight)
@@ -109,7 +129,10 @@ class GeneratorLoss:
         logger.debug("GeneratorLoss(%s, data_range=%s)", self.cfg, self.data_range)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.cfg!r}, data_range={self.data_range})"
+        return (
+            f"{type(self).__name__}({self.cfg!r}, data_range={self.data_range}, "
+            f"perceptual={self.perceptual!r})"
+        )
 
     def __call__(
         self,
@@ -125,8 +148,8 @@ class GeneratorLoss:
         """Compute G's loss (:meth:`weighted_terms` summed, with diagnostics).
 
         Args:
-            pred: image compared with the target: ``warp(G(x))`` when R is on, else ``G(x)``;
-                (N, C, H, W).
+            pred: image compared with the target (by the reconstruction and the perceptual
+                term): ``warp(G(x))`` when R is on, else ``G(x)``; (N, C, H, W).
             target: target image, same shape.
             mask: optional lung / ROI mask, (N, 1, H, W) or (N, C, H, W).
             fake_outputs: D's outputs on G's output (graph kept back to G); None in G-only
@@ -142,8 +165,9 @@ class GeneratorLoss:
 
         Returns:
             ``(total, parts)``. ``parts`` (all detached 0-dim tensors): ``w_recon``, ``w_gan``,
-            ``w_fm``, ``w_smooth``; ``share_recon`` … ``share_smooth`` (percent); the unweighted
-            ``recon`` (with ``recon_l1``, ``recon_dssim``), ``gan``, ``fm``, ``smooth``;
+            ``w_fm``, ``w_smooth``, ``w_perceptual``; ``share_recon`` … ``share_perceptual``
+            (percent); the unweighted ``recon`` (with ``recon_l1``, ``recon_dssim``), ``gan``,
+            ``fm``, ``smooth``, ``perceptual``;
             ``total``; and ``D_real`` / ``D_fake`` when the corresponding outputs are given.
 
         Raises:
@@ -192,7 +216,7 @@ class GeneratorLoss:
             scale_weights=tuple(cfg.recon_scales),
         )
         zero = recon.new_zeros(())
-        raw = {"recon": recon, "gan": zero, "fm": zero, "smooth": zero}
+        raw = {"recon": recon, "gan": zero, "fm": zero, "smooth": zero, "perceptual": zero}
         stats: dict[str, Tensor] = {}
         if fake_outputs is not None:
             if cfg.gan_weight > 0:
@@ -211,12 +235,15 @@ class GeneratorLoss:
             stats = {k: all_stats[k] for k in (D_REAL, D_FAKE) if k in all_stats}
         if field is not None and self.smooth_weight > 0:
             raw["smooth"] = smoothness_loss(field, cfg.smooth_type)
+        if self.perceptual is not None:
+            raw["perceptual"] = self.perceptual(pred, target)
 
         weights = {
             "recon": cfg.recon_weight,
             "gan": cfg.gan_weight,
             "fm": cfg.feat_match_weight,
             "smooth": self.smooth_weight,
+            "perceptual": cfg.perceptual_weight,
         }
         weighted = {name: weights[name] * raw[name] for name in PART_NAMES}
         raw_out = {n: raw[n].detach() for n in PART_NAMES}
@@ -233,7 +260,9 @@ class GeneratorLoss:
         Returns:
             ``(total, parts)`` as :meth:`__call__` describes.
         """
-        total = weighted["recon"] + weighted["gan"] + weighted["fm"] + weighted["smooth"]
+        total = weighted[PART_NAMES[0]]
+        for name in PART_NAMES[1:]:
+            total = total + weighted[name]
         parts: dict[str, Tensor] = {weighted_key(n): weighted[n].detach() for n in PART_NAMES}
         parts.update(loss_shares(weighted))
         parts.update(raw)

@@ -2,7 +2,8 @@
 
 Build them from the config with :func:`build_generator`, :func:`build_registration` and
 :func:`build_discriminator` (after :func:`resolve_d_conditional`); :func:`model_summary` prints
-their parameter counts and output shapes. R and D exist only during training.
+their parameter counts and output shapes. R and D exist only during training, as do the frozen
+feature networks of the perceptual loss (:mod:`.feature_nets`: ImageNet VGG, a trained D).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from medi2i.models.discriminator import (
     build_discriminator,
     resolve_d_conditional,
 )
+from medi2i.models.feature_nets import DiscriminatorFeatures, VGGFeatures
 from medi2i.models.generator import (
     GENERATOR_PRESETS,
     LARGE_PARAMETERS,
@@ -39,11 +41,13 @@ __all__ = [
     "LARGE_PARAMETERS",
     "R_PARAMETERS",
     "SMALL_PARAMETERS",
+    "DiscriminatorFeatures",
     "GeneratorSpec",
     "MultiScaleDiscriminator",
     "PatchDiscriminator",
     "RegistrationNet",
     "UNetGenerator",
+    "VGGFeatures",
     "Warp",
     "build_discriminator",
     "build_generator",

@@ -67,6 +67,7 @@ __all__ = [
     "find_nonfinite",
     "load_checkpoint",
     "save_checkpoint",
+    "state_dict_problems",
     "torch_load_checked",
 ]
 
@@ -271,6 +272,32 @@ def torch_load_checked(path: Path, map_location: Any, trusted: bool) -> Any:
         ) from exc
     logger.warning("%s needed full unpickling (weights_only=False); trusted source assumed", path)
     return obj
+
+
+def state_dict_problems(sd: Mapping[str, Any], model: torch.nn.Module) -> list[str]:
+    """What keeps ``sd`` from loading into ``model`` strictly, one line per problem.
+
+    Args:
+        sd: a state dict (e.g. a network's weights read from a checkpoint).
+        model: the network it should load into.
+
+    Returns:
+        ``missing key: K``, ``unexpected key: K``, ``shape mismatch: K: checkpoint (..) vs model
+        (..)`` and ``not a tensor: K (type)`` lines; empty when it fits.
+    """
+    expected = model.state_dict()
+    problems = [f"missing key: {k}" for k in expected if k not in sd]
+    problems += [f"unexpected key: {k}" for k in sd if k not in expected]
+    for key, value in sd.items():
+        if key in expected and isinstance(value, torch.Tensor):
+            if value.shape != expected[key].shape:
+                problems.append(
+                    f"shape mismatch: {key}: checkpoint {tuple(value.shape)} vs model "
+                    f"{tuple(expected[key].shape)}"
+                )
+        elif key in expected:
+            problems.append(f"not a tensor: {key} ({type(value).__name__})")
+    return problems
 
 
 def load_checkpoint(

@@ -19,7 +19,8 @@ disagree about a file name::
       eval_<split>/               ``medi2i evaluate``'s default output
       diagnose/val/               ``medi2i diagnose``'s per-image validation cache
 
-The module imports nothing heavy (pathlib only), so any layer may use it.
+:func:`resolve_checkpoint` picks the checkpoint a reader of a run uses: ``best.pt``, else
+``last.pt``. The module imports nothing heavy (pathlib only), so any layer may use it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["RUN_MARKERS", "RunLayout"]
+__all__ = ["RUN_MARKERS", "RunLayout", "resolve_checkpoint"]
 
 RUN_MARKERS = ("config.yaml", "summary.json", "metrics/epochs.jsonl")
 """A folder holding any of these (relative paths) is a run."""
@@ -136,3 +137,26 @@ class RunLayout:
     def is_run(self) -> bool:
         """Whether the folder holds any of :data:`RUN_MARKERS`."""
         return any((self.root / marker).is_file() for marker in RUN_MARKERS)
+
+
+def resolve_checkpoint(run_or_checkpoint: str | Path, which: str = "best") -> Path:
+    """A checkpoint file from a run directory (``best``, falling back to ``last``) or a file.
+
+    Raises:
+        FileNotFoundError: neither exists.
+    """
+    path = Path(run_or_checkpoint)
+    if path.is_file():
+        return path
+    layout = RunLayout(path)
+    candidates = (
+        [layout.best_checkpoint, layout.last_checkpoint]
+        if which == "best"
+        else [layout.last_checkpoint]
+    )
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"{path}: no checkpoint found (looked for {', '.join(str(c) for c in candidates)})"
+    )

@@ -173,7 +173,7 @@ epoch row."""
 
 # -- G's loss (losses.composite, training.step) -----------------------------------------------
 
-PART_NAMES: tuple[str, ...] = ("recon", "gan", "fm", "smooth")
+PART_NAMES: tuple[str, ...] = ("recon", "gan", "fm", "smooth", "perceptual")
 """G's loss parts, in the order of ``w_<part>`` / ``share_<part>``; each unweighted term is
 logged under the part's own name."""
 LOSS_G = "loss_G"

@@ -73,8 +73,8 @@ def epoch_summary_line(
     Args:
         epoch: the epoch just finished, as it should be shown.
         epochs: the total number of epochs.
-        scalars: the epoch's values; reads ``loss_G``, ``gshare_{recon,gan,fm,smooth}`` (else
-            ``share_{recon,gan,fm,smooth}``),
+        scalars: the epoch's values; reads ``loss_G``, ``gshare_<part>`` (else
+            ``share_<part>``) for each part of :data:`~medi2i.run.scalars.PART_NAMES`,
             ``D_real``, ``D_fake``, ``D_acc``, ``grad_norm_{G,R,D}``, ``clip_rate_{G,R,D}``,
             ``val_psnr``, ``val_psnr_mask``, ``val_ssim``, ``val_ssim_mask``, ``best_metric``,
             ``best_value``, ``best_epoch``, ``images_per_s``.

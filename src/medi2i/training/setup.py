@@ -26,7 +26,7 @@ from medi2i.data.dataset import PairedImageDataset
 from medi2i.data.intensity import IntensityProfile
 from medi2i.data.normalization import Normalizer
 from medi2i.data.pairs import MissingSplitError
-from medi2i.losses import DiscriminatorLoss, GeneratorLoss
+from medi2i.losses import DiscriminatorLoss, GeneratorLoss, build_perceptual_loss
 from medi2i.models import build_discriminator, build_generator, build_registration
 from medi2i.models.discriminator import resolve_d_conditional
 from medi2i.models.field_centring import SystematicFieldRemoval
@@ -218,10 +218,13 @@ def _optimizer(cfg: Config, name: str, net: nn.Module, device: torch.device):
 def build_networks(
     cfg: Config, ctx: DistContext, data: TrainingData, resume: dict | None
 ) -> Networks:
-    """G (from ``train.pretrained_G`` when set), R, D, the EMA, optimisers and schedules.
+    """G (from ``train.pretrained_G`` when set), R, D, the EMA, optimisers, schedules and losses
+    (G's with the frozen network of its perceptual term when ``loss.perceptual_weight > 0``,
+    loaded on the training device from the file the config names, also on resume).
 
     Raises:
-        ValueError: ``train.amp: fp16`` on the CPU.
+        ValueError: ``train.amp: fp16`` on the CPU, an unknown perceptual layer.
+        PerceptualWeightsError: the perceptual term's weights file cannot be used.
     """
     tc, device = cfg.train, ctx.device
     lo, hi = cfg.data.normalization.output_range
@@ -269,6 +272,7 @@ def build_networks(
     if amp_dtype is not None and device.type == "cpu" and tc.amp == "fp16":
         raise ValueError("train.amp 'fp16' needs CUDA; use 'bf16' or 'off' on the CPU")
     scaler = torch.amp.GradScaler(device.type, enabled=tc.amp == "fp16")
+    perceptual = build_perceptual_loss(cfg.loss, input_range=(lo, hi), device=device)
     if ctx.distributed:
         ids = [device.index] if device.type == "cuda" else None
         G = DDP(G, device_ids=ids)
@@ -290,7 +294,7 @@ def build_networks(
         schedulers=schedulers,
         amp_dtype=amp_dtype,
         scaler=scaler,
-        g_loss=GeneratorLoss(cfg.loss, data_range=data.data_range),
+        g_loss=GeneratorLoss(cfg.loss, data_range=data.data_range, perceptual=perceptual),
         d_loss=DiscriminatorLoss(cfg.loss),
         phases=phases,
     )

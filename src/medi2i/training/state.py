@@ -16,7 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from medi2i.run.checkpoint import CHECKPOINT_FORMAT, CheckpointError, torch_load_checked
+from medi2i.run.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    state_dict_problems,
+    torch_load_checked,
+)
 from medi2i.training.distributed import unwrap_model
 from medi2i.training.ema import EMA
 
@@ -112,22 +117,6 @@ def _strip_wrapper_prefix(sd: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _state_dict_problems(sd: Mapping[str, Any], model: nn.Module) -> list[str]:
-    expected = model.state_dict()
-    problems = [f"missing key: {k}" for k in expected if k not in sd]
-    problems += [f"unexpected key: {k}" for k in sd if k not in expected]
-    for key, value in sd.items():
-        if key in expected and isinstance(value, torch.Tensor):
-            if value.shape != expected[key].shape:
-                problems.append(
-                    f"shape mismatch: {key}: checkpoint {tuple(value.shape)} vs model "
-                    f"{tuple(expected[key].shape)}"
-                )
-        elif key in expected:
-            problems.append(f"not a tensor: {key} ({type(value).__name__})")
-    return problems
-
-
 def load_pretrained_generator(
     path: str | os.PathLike, generator: nn.Module, ema: EMA | None = None
 ) -> dict:
@@ -176,10 +165,10 @@ def load_pretrained_generator(
             f"(found {type(obj).__name__})"
         )
     g_sd = _strip_wrapper_prefix(g_sd)
-    problems = _state_dict_problems(g_sd, net)
+    problems = state_dict_problems(g_sd, net)
     if ema_sd is not None:
         ema_sd = _strip_wrapper_prefix(ema_sd)
-        problems += [f"EMA {p}" for p in _state_dict_problems(ema_sd, net)]
+        problems += [f"EMA {p}" for p in state_dict_problems(ema_sd, net)]
     if problems:
         raise CheckpointError(
             f"{path}: generator weights do not fit the configured G "

@@ -14,16 +14,18 @@ mask drawn in the input's frame)::
              with R off: pred = y_hat;  mask_t = mask
              G_loss = w_recon(pred, y, mask_t) + gan_weight*GAN(D(y_hat))
                       + feat_match_weight*FM(D(y), D(pred)) [+ smooth_weight*smooth(field),
-                        learnt R only]
+                        learnt R only] [+ perceptual_weight*perceptual(pred, y)]
     clip each network's gradient norm (the norm before clipping is logged), then - unless a
     loss or gradient is non-finite, in which case the step is skipped and counted - step the
     optimisers and schedulers and update the EMA of G.
 
 Frames. Every position-wise comparison is made in the target's frame: the reconstruction,
 the lung weighting (the mask is warped by R's field, detached so that R cannot win by shrinking
-the weighted region) and feature matching, a position-wise L1 between D's feature maps, which
-against G's unwarped output would pull G towards reproducing the target's misalignment. The
-adversarial term alone is position-free, and D judges G's own output, as it was trained to.
+the weighted region), feature matching, a position-wise L1 between D's feature maps, which
+against G's unwarped output would pull G towards reproducing the target's misalignment, and the
+perceptual term, an L1 between a frozen network's feature maps (the same ``pred`` as the
+reconstruction, inside ``GeneratorLoss``). The adversarial term alone is position-free, and D
+judges G's own output, as it was trained to.
 
 Gradient shares. Every ``logging.gshare_every`` steps each weighted term's gradient norm on
 ``y_hat`` is measured (``gnorm_*``, ``gshare_*``): what drives G, which the loss values'

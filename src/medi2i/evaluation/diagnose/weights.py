@@ -66,12 +66,17 @@ def _gradient_shares(run: RunRecord, n: int) -> dict[str, Any] | None:
     return None
 
 
+def _fixed_pull(pull: dict[str, float]) -> float:
+    """The pull of the terms the recommendation leaves alone: every part but GAN and FM."""
+    return sum(value for part, value in pull.items() if part not in ("gan", "fm"))
+
+
 def _share_at(
     pull: dict[str, float], gan_unit: float, fm_unit: float, gw: float, fw: float
 ) -> float:
     """GAN gradient share (percent) with weights ``gw``/``fw``, the unit-weight norms fixed."""
     gan, fm = gw * gan_unit, fw * fm_unit
-    total = pull["recon"] + pull["smooth"] + gan + fm
+    total = _fixed_pull(pull) + gan + fm
     return 100.0 * gan / total if total > 0 else math.nan
 
 
@@ -120,12 +125,13 @@ def _weight_recommendations(run: RunRecord, n: int) -> tuple[dict[str, Any], dic
     gan_unit = pull["gan"] / gw
     fm_unit = pull["fm"] / fw if fw > 0 else 0.0
     aim = GAN_SHARE_AIM / 100.0
-    others = pull["recon"] + pull["smooth"] + pull["fm"]
+    others = _fixed_pull(pull) + pull["fm"]
     # gw' * g / (others + gw' * g) = aim  ->  gw' = aim * others / ((1 - aim) * g)
     evidence["gan_weight_for_aim"] = _nice(aim * others / ((1.0 - aim) * gan_unit))
     if fw > 0 and fm_unit > 0:
-        # g / (recon + smooth + fw' * f + g) = aim  ->  fw' = (g / aim - recon - smooth - g) / f
-        value = (pull["gan"] / aim - pull["recon"] - pull["smooth"] - pull["gan"]) / fm_unit
+        # g / (fixed + fw' * f + g) = aim  ->  fw' = (g / aim - fixed - g) / f, where fixed is
+        # the pull of recon, smooth and perceptual
+        value = (pull["gan"] / aim - _fixed_pull(pull) - pull["gan"]) / fm_unit
         fw_user = 2.0 if fw > 2.0 else _nice(fw / 2.0)
         fm = {
             "weight": fw_user,
@@ -141,7 +147,7 @@ def _weight_recommendations(run: RunRecord, n: int) -> tuple[dict[str, Any], dic
             },
         )
         if evidence["gan_weight_for_aim"] > 5.0:
-            others_user = pull["recon"] + pull["smooth"] + fw_user * fm_unit
+            others_user = _fixed_pull(pull) + fw_user * fm_unit
             both = _nice(aim * others_user / ((1.0 - aim) * gan_unit))
             evidence["gan_weight_for_aim_at_lower_fm"] = both
     return evidence, {**detail, "case": "recommend"}

@@ -11,12 +11,12 @@ from medi2i.evaluation.diagnose.thresholds import GAN_SHARE_AIM
 
 def _share_text(shares: dict[str, float | None], lead: str) -> str:
     """``"GAN term's gradient share is 4%; FM 13%, recon 83%"`` (parts that are logged)."""
-    names = {"recon": "recon", "gan": "GAN", "fm": "FM", "smooth": "smooth"}
+    names = {"gan": "GAN", "fm": "FM"}  # the other parts under their own names
     gan = shares.get("gan") or 0.0
     rest = [
-        f"{names[p]} {shares[p]:.0f}%"
-        for p in ("fm", "recon", "smooth")
-        if shares.get(p) is not None and (p != "smooth" or shares[p] > 0)
+        f"{names.get(p, p)} {shares[p]:.0f}%"
+        for p in ("fm", "recon", "smooth", "perceptual")
+        if shares.get(p) is not None and (p in ("fm", "recon") or shares[p] > 0)
     ]
     return f"{lead} {gan:.0f}%" + (f"; {', '.join(rest)}" if rest else "")
 
