@@ -46,8 +46,9 @@ def tiny_run(tmp_path_factory) -> Path:
     return train_tiny_g_only(root, tmp_path_factory.mktemp("run"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def loaded(tiny_run) -> LoadedGenerator:
+    """A fresh copy per test: a Predictor converts its G's memory format in place."""
     return load_generator(tiny_run)
 
 
@@ -162,8 +163,10 @@ def test_identity_tta_equals_plain_prediction(loaded):
     x = torch.rand(3, 1, 37, 29)
     with torch.no_grad():
         plain = loaded.generator(x)
-    assert torch.equal(Predictor(loaded).predict_normalised(x), plain)
-    assert torch.equal(Predictor(loaded, tta=["identity"]).predict_normalised(x), plain)
+    # in G's own memory format the prediction is G's output to the bit
+    assert torch.equal(Predictor(loaded, channels_last=False).predict_normalised(x), plain)
+    identity = Predictor(loaded, tta=["identity"], channels_last=False)
+    assert torch.equal(identity.predict_normalised(x), plain)
 
 
 def test_tta_average_on_an_equivariant_net():
@@ -178,7 +181,7 @@ def test_tta_is_the_mean_of_inverse_transformed_outputs(loaded):
     g = loaded.generator
     with torch.no_grad():
         expected = (g(x) + g(x.flip(-2)).flip(-2)) / 2
-    got = Predictor(loaded, tta=["identity", "vflip"]).predict_normalised(x)
+    got = Predictor(loaded, tta=["identity", "vflip"], channels_last=False).predict_normalised(x)
     assert torch.allclose(got, expected, atol=1e-6)
 
 
@@ -269,6 +272,25 @@ def test_tiled_generator_runs_at_any_size(loaded):
     for shape in ((45, 37), (12, 50), (8, 8)):
         x = torch.rand(1, 1, *shape)
         assert predictor.predict_normalised(x).shape == x.shape
+
+
+def test_channels_last_is_the_cpu_default_and_changes_nothing_but_speed(tiny_run):
+    fresh = load_generator(tiny_run)  # its own copy: the predictor converts G in place
+    plain = Predictor(load_generator(tiny_run), channels_last=False, tile=16, overlap=0.5)
+    fast = Predictor(fresh)
+    assert fast.memory_format == torch.channels_last
+    assert any(  # G's convolution weights were converted
+        p.ndim == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+        for p in fresh.generator.parameters()
+    )
+    assert plain.memory_format == torch.contiguous_format
+    x = torch.rand(2, 1, 40, 36)
+    whole = Predictor(load_generator(tiny_run), channels_last=False).predict_normalised(x)
+    out = fast.predict_normalised(x)
+    assert out.is_contiguous() and out.shape == x.shape
+    assert torch.allclose(out, whole, atol=1e-5, rtol=0)
+    fast.tile, fast.overlap = 16, 0.5  # the tiled path converts every tile
+    assert torch.allclose(fast.predict_normalised(x), plain.predict_normalised(x), atol=1e-5)
 
 
 def test_an_image_smaller_than_the_generator_minimum_is_refused(loaded):

