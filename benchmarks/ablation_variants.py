@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import write_report
-from bench_ablation import ci_excludes_zero, ok_runs, paired_difference, t_interval
+from bench_ablation import ci_excludes_zero, diff_cell, ok_runs, paired_difference, t_interval
 
 #: Columns of the table: metric, label, higher is better.
 COLUMNS: tuple[tuple[str, str, bool], ...] = (
@@ -83,15 +83,6 @@ def compare(base: dict[int, dict], variant: dict[int, dict]) -> dict[str, Any]:
     return row
 
 
-def _interval(stat: dict[str, Any], digits: int, suffix: str = "") -> str:
-    if stat.get("mean") is None:
-        return "-"
-    text = f"{stat['mean']:+.{digits}f}{suffix}"
-    if stat.get("ci_low") is not None:
-        text += f" [{stat['ci_low']:+.{digits}f}, {stat['ci_high']:+.{digits}f}]"
-    return text
-
-
 def markdown(report: dict[str, Any]) -> str:
     header = ["option", "seeds"]
     for _, label, _ in COLUMNS:
@@ -107,9 +98,9 @@ def markdown(report: dict[str, Any]) -> str:
             if name == report["base_name"]:
                 cells.append("")
             elif metric in ("hfen_mask", "gmsd_mask"):
-                cells.append(_interval(diff.get("relative_pct", {}), 1, "%"))
+                cells.append(diff_cell(diff.get("relative_pct"), 1, kind="f", suffix="%"))
             else:
-                cells.append(_interval(diff, 2 if metric == "psnr_mask" else 3))
+                cells.append(diff_cell(diff, 2 if metric == "psnr_mask" else 3, kind="f"))
         sps = row["seconds_per_step"]
         cells.append("-" if sps is None else f"{sps:.2f}")
         cells.append("" if name == report["base_name"] else row["verdict"])

@@ -1135,12 +1135,15 @@ def _arm_cell(stat: dict[str, Any]) -> str:
     return _num(stat["mean"])
 
 
-def _diff_cell(stat: dict[str, Any] | None, digits: int = 3) -> str:
+def diff_cell(
+    stat: dict[str, Any] | None, digits: int = 3, *, kind: str = "g", suffix: str = ""
+) -> str:
+    """A signed difference with its interval, ``+0.61 [+0.09, +1.13]`` (format ``kind``)."""
     if not stat or stat.get("mean") is None:
         return "n/a"
-    text = f"{stat['mean']:+.{digits}g}"
+    text = f"{stat['mean']:+.{digits}{kind}}{suffix}"
     if stat.get("ci_low") is not None:
-        text += f" [{stat['ci_low']:+.{digits}g}, {stat['ci_high']:+.{digits}g}]"
+        text += f" [{stat['ci_low']:+.{digits}{kind}}, {stat['ci_high']:+.{digits}{kind}}]"
     return text
 
 
@@ -1213,11 +1216,11 @@ def markdown(report: dict[str, Any]) -> str:
                 [
                     key,
                     ",".join(map(str, d["seeds"])),
-                    _diff_cell(m["psnr_mask"]),
-                    _diff_cell(m["hfen_mask"].get("relative_pct"), 2),
-                    _diff_cell(m["gmsd_mask"].get("relative_pct"), 2),
-                    _diff_cell(m["ssim_mask"], 2),
-                    _diff_cell(m["psnr"]),
+                    diff_cell(m["psnr_mask"]),
+                    diff_cell(m["hfen_mask"].get("relative_pct"), 2),
+                    diff_cell(m["gmsd_mask"].get("relative_pct"), 2),
+                    diff_cell(m["ssim_mask"], 2),
+                    diff_cell(m["psnr"]),
                     bcell(boot.get("psnr_mask")),
                     bcell(boot.get("hfen_mask")),
                 ]
