@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import itertools
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,7 @@ from medi2i.inference import (
     predict_paths,
 )
 from medi2i.inference.export import EXPORT_TOLERANCE, metadata_path
-from medi2i.inference.tiling import DEFAULT_TILE, tiled_apply
+from medi2i.inference.tiling import DEFAULT_TILE, even_tile, tiled_apply
 from medi2i.models import build_generator
 from tinydata import synthetic_pair, train_tiny_g_only, write_pairs
 
@@ -223,13 +225,39 @@ def test_images_longer_than_the_default_tile_are_tiled_by_default():
     assert predictor.tile == DEFAULT_TILE
     x = torch.rand(1, 1, DEFAULT_TILE + 100, 24)
     assert torch.allclose(predictor.predict_normalised(x), x, atol=1e-6)
-    assert {call[-2:] for call in loaded_id.generator.calls} == {(DEFAULT_TILE, 24)}
+    # two tiles cover 1124 px with a quarter's overlap: each the smallest that does (643 px)
+    assert {call[-2:] for call in loaded_id.generator.calls} == {(643, 24)}
     loaded_id.generator.calls.clear()
     Predictor(loaded_id).predict_normalised(torch.rand(1, 1, DEFAULT_TILE, 24))
     assert loaded_id.generator.calls == [(1, 1, DEFAULT_TILE, 24)]  # fits: whole
     loaded_id.generator.calls.clear()
     Predictor(loaded_id, tile=None).predict_normalised(x)
     assert loaded_id.generator.calls == [(1, 1, DEFAULT_TILE + 100, 24)]
+
+
+def _monai_tiles(side: int, tile: int, overlap: float) -> int:
+    """Tiles MONAI's sliding window places along a side: integer stride, the last at the end."""
+    return math.ceil((side - tile) / max(1, int(tile * (1 - overlap)))) + 1
+
+
+def test_tiles_are_sized_evenly_never_larger_nor_more_numerous():
+    # 2048 px in 1024-px tiles, overlap 1/4: three a side either way, 832 px (G's multiple 16)
+    assert even_tile(2048, 1024, 0.25, multiple=16) == 832
+    assert even_tile(900, 1024, 0.25) == 900 and even_tile(1024, 1024, 0.5) == 1024
+    for side, tile, overlap, multiple in itertools.product(
+        (65, 100, 257, 1000, 2048, 3001), (32, 64, 200, 1024), (0.0, 0.25, 0.5, 0.8), (1, 8, 16)
+    ):
+        if side <= tile:
+            continue
+        even = even_tile(side, tile, overlap, multiple)
+        assert even <= tile
+        assert _monai_tiles(side, even, overlap) <= _monai_tiles(side, tile, overlap)
+        assert even == tile or even % multiple == 0
+    loaded_id = identity_loaded()
+    x = torch.rand(1, 1, 2048, 2048)
+    assert torch.allclose(Predictor(loaded_id).predict_normalised(x), x, atol=1e-6)
+    calls = loaded_id.generator.calls
+    assert {c[-2:] for c in calls} == {(820, 820)} and sum(c[0] for c in calls) == 9
 
 
 @pytest.mark.parametrize("norm", ["none", "group"])

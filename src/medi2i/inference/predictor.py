@@ -217,6 +217,7 @@ class Predictor:
                         tile=self.tile,
                         overlap=self.overlap,
                         batch_size=self.batch_size,
+                        multiple=int(getattr(self.generator, "multiple", 1)),
                     )
                 )
         return torch.cat(outputs)

@@ -6,6 +6,13 @@ Gaussian importance map (sigma 0.125 of the tile, MONAI's default), so seams bet
 vanish. Along a side that is not larger than the tile the window shrinks to that side instead,
 so MONAI never pads the image; an image that fits in one tile is predicted whole.
 
+Tiles are sized evenly (:func:`even_tile`): along a side longer than the tile, the number of
+tiles MONAI would place at ``tile`` is kept and the tile shrinks to the smallest side (rounded
+up to G's size multiple) that still covers the image with the requested overlap. A 2048-px
+image in 1024-px tiles overlapping by a quarter needs three tiles a side either way; at 832 px
+they cover 6.2 million pixels instead of 9.4 (a third less work), and no tile is ever larger
+than ``tile``, so memory stays bounded as before.
+
 Tiled and whole-image predictions of a larger image are not identical, and cannot be with
 G's GroupNorm layers: their statistics are taken over the whole extent G is given, so a pixel's
 output depends on the extent around it. The normalisation is the only cause: the same UNet
@@ -26,6 +33,7 @@ two-layer conv net). The unclamped map stays positive (>= exp(-8) ~ 3e-7 at a ti
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 
 import torch
@@ -38,6 +46,7 @@ __all__ = [
     "DEFAULT_TILE",
     "GAUSSIAN_SIGMA_SCALE",
     "check_tiling",
+    "even_tile",
     "gaussian_weights",
     "tiled_apply",
 ]
@@ -69,6 +78,42 @@ def check_tiling(tile: int | None, overlap: float) -> None:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
 
 
+def _tile_count(side: int, tile: int, overlap: float) -> int:
+    """Tiles MONAI's sliding window places along a side: its integer stride, the last tile
+    moved back to end at the border."""
+    if side <= tile:
+        return 1
+    stride = max(1, int(tile * (1.0 - overlap)))
+    return math.ceil((side - tile) / stride) + 1
+
+
+def even_tile(side: int, tile: int, overlap: float, multiple: int = 1) -> int:
+    """The tile side for one image side: as many tiles as ``tile`` needs, each as small as covers.
+
+    ``n`` tiles of side ``t`` overlapping by ``overlap`` cover about
+    ``t * (1 + (n - 1) * (1 - overlap))`` pixels, so with the ``n`` that MONAI places at
+    ``tile`` the smallest tile is about ``side / (1 + (n - 1) * (1 - overlap))``; it is rounded
+    up to ``multiple`` and grown (by ``multiple``) until MONAI's integer stride places no more
+    than ``n`` tiles, and never exceeds ``tile``. A side that fits in one tile is returned as it
+    is.
+
+    Args:
+        side: the image side in px.
+        tile: the largest tile side in px.
+        overlap: overlap of neighbouring tiles, a fraction of the tile in ``[0, 1)``.
+        multiple: round the tile up to a multiple of this (G's size multiple).
+    """
+    if side <= tile:
+        return side
+    step = max(1, int(multiple))
+    count = _tile_count(side, tile, overlap)
+    needed = math.ceil(side / (1.0 + (count - 1) * (1.0 - overlap)))
+    even = -(-needed // step) * step
+    while even < tile and _tile_count(side, even, overlap) > count:
+        even += step
+    return min(tile, even)
+
+
 def gaussian_weights(
     size: tuple[int, int], sigma_scale: float = GAUSSIAN_SIGMA_SCALE, device=None
 ) -> Tensor:
@@ -96,6 +141,7 @@ def tiled_apply(
     tile: int,
     overlap: float = 0.25,
     batch_size: int = 4,
+    multiple: int = 1,
 ) -> Tensor:
     """Apply ``fn`` tile by tile and blend, or in one go when ``x`` fits in a tile.
 
@@ -105,6 +151,7 @@ def tiled_apply(
         tile: tile side in pixels.
         overlap: overlap between neighbouring tiles, a fraction of the tile in ``[0, 1)``.
         batch_size: tiles per call of ``fn``.
+        multiple: tile sides are rounded up to a multiple of this (:func:`even_tile`).
 
     Returns:
         ``(N, C', H, W)``, on ``x``'s device, in ``fn``'s output dtype.
@@ -118,7 +165,7 @@ def tiled_apply(
     h, w = x.shape[-2:]
     if h <= tile and w <= tile:
         return fn(x)
-    roi = (min(tile, h), min(tile, w))
+    roi = (even_tile(h, tile, overlap, multiple), even_tile(w, tile, overlap, multiple))
     log.debug("tiled inference: %dx%d image, %dx%d tiles, overlap %.2f", h, w, *roi, overlap)
     out = sliding_window_inference(
         x,
