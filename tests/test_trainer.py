@@ -505,3 +505,21 @@ def test_lung_weight_curriculum_follows_the_epoch_and_survives_a_resume(dataset_
     assert plain["epochs"] == 1
     plain_rows = (tmp_path / "plain" / "metrics" / "epochs.jsonl").read_text().splitlines()
     assert json.loads(plain_rows[0])["lung_weight"] == 10.0  # the config's default, logged
+
+
+@pytest.mark.slow  # inductor compiles G and D (tens of seconds)
+def test_compiled_networks_train_alike_and_save_the_same_files(dataset_root, tmp_path):
+    common = ("train.epochs=1", "train.steps_per_epoch=2", "logging.tensorboard=false")
+    common += ("eval.sample_count=0", "eval.test_at_end=false", *MODES["G+D"])
+    train(tiny_run_config(dataset_root, *common), out=str(tmp_path / "eager"))
+    train(tiny_run_config(dataset_root, *common, "train.compile=true"), out=str(tmp_path / "c"))
+    eager, compiled = (
+        load_checkpoint(tmp_path / name / "checkpoints" / "last.pt") for name in ("eager", "c")
+    )
+    for net in ("G", "D"):
+        assert compiled["model"][net].keys() == eager["model"][net].keys()  # no wrapper prefix
+    assert compiled["ema"]["G"].keys() == eager["ema"]["G"].keys()
+    rows = [read_jsonl(tmp_path / name / "metrics" / "steps.jsonl") for name in ("eager", "c")]
+    for a, b in zip(*rows):
+        for key in ("loss_G", "loss_D", "grad_norm_G"):
+            assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-6), key

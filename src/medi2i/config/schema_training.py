@@ -275,6 +275,11 @@ class TrainConfig(_Section):
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     amp: Literal["off", "bf16", "fp16"] = "off"
     channels_last: bool = False
+    compile: bool = Field(
+        False,
+        description="torch.compile G, a learnt R and D (inductor; on the CPU it needs a C++ "
+        "compiler); the first steps pay the compilation",
+    )
     deterministic: bool = False
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     ema_warmup_steps: int | None = Field(

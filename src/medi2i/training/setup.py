@@ -280,6 +280,15 @@ def build_networks(
             R = DDP(R, device_ids=ids)
         if D is not None:
             D = DDP(D, device_ids=ids)
+    if tc.compile:
+        # around DDP, as torch recommends; optimisers, EMA and checkpoints keep the original
+        # modules' parameters (unwrap_model), so a compiled run saves the same files
+        G = torch.compile(G)
+        if r_learnt:
+            R = torch.compile(R)
+        if D is not None:
+            D = torch.compile(D)
+        log.info("networks compiled with torch.compile (the first steps compile)")
     return Networks(
         G=G,
         R=R,

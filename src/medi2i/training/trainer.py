@@ -197,7 +197,9 @@ class Trainer(TrainStep):
             ctx.world_size,
             self.device,
             tc.amp,
-            ("conditional" if self.d_conditional else "unconditional") if self.D else "off",
+            ("conditional" if self.d_conditional else "unconditional")
+            if self.D is not None
+            else "off",
         )
 
     # ------------------------------------------------------------------------------------------
