@@ -267,7 +267,8 @@ class TrainConfig(_Section):
 
     ``phases`` (optional) trains the networks in stages within one run, each phase by epoch,
     e.g. G and R first, then D joins (:mod:`medi2i.training.phases`). Networks only join:
-    each phase keeps the previous phase's networks, and the last lists every enabled network.
+    each phase keeps the previous phase's networks, and the last lists every enabled network
+    (a network the model turns off may be listed; it does not train).
     """
 
     epochs: int = Field(10, ge=1)

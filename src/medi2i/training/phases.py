@@ -12,6 +12,10 @@ A run without ``train.phases`` has one phase: every enabled network from the fir
 * its weights are built, and checkpointed, from the start, so the random-number stream and the
   run's layout are those of the same run without phases.
 
+A network the model turns off (``model.R.enabled: false``) may be listed: it does not train,
+and phases left with the same networks merge, so one phase list serves a run and its
+ablations (the demo with D off is G+R throughout).
+
 Phases are a pure function of the epoch, so ``--resume`` lands in the phase its epoch belongs to.
 """
 
@@ -52,19 +56,26 @@ class Phase:
 def plan_phases(cfg: Config) -> tuple[Phase, ...]:
     """The run's phases in order; one phase of every enabled network without ``train.phases``.
 
-    The last phase ends at ``train.epochs``; the config has checked that it gets at least one
-    epoch and that it lists every enabled network.
+    Networks the model turns off are left out, and consecutive phases then left with the same
+    networks are one phase. The last phase ends at ``train.epochs``; the config has checked
+    that it gets at least one epoch and that it lists every enabled network.
     """
     epochs = cfg.train.epochs
     if not cfg.train.phases:
         nets = ("G", *(n for n in ("R", "D") if getattr(cfg.model, n).enabled))
         return (Phase(1, 0, epochs, nets),)
-    phases, start = [], 0
-    for number, phase in enumerate(cfg.train.phases, start=1):
+    enabled = {"G", *(n for n in ("R", "D") if getattr(cfg.model, n).enabled)}
+    spans: list[tuple[int, int, tuple[str, ...]]] = []
+    start = 0
+    for phase in cfg.train.phases:
         end = start + phase.epochs if phase.epochs is not None else epochs
-        phases.append(Phase(number, start, end, tuple(phase.networks)))
+        nets = tuple(n for n in phase.networks if n in enabled)
+        if spans and spans[-1][2] == nets:  # nothing joins: the same phase goes on
+            spans[-1] = (spans[-1][0], end, nets)
+        else:
+            spans.append((start, end, nets))
         start = end
-    return tuple(phases)
+    return tuple(Phase(k, a, b, nets) for k, (a, b, nets) in enumerate(spans, start=1))
 
 
 def phase_at(phases: tuple[Phase, ...], epoch: int) -> Phase:
