@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import yaml
 
 from medi2i.config import (
     Config,
     ConfigError,
+    build_config,
     dump_config,
     load_config,
     parse_override,
@@ -162,3 +165,13 @@ def test_yaml_booleans_are_read_as_the_words_they_spell(tmp_path):
     assert (cfg.train.amp, cfg.model.D.conditional) == ("off", "yes")
     with pytest.raises(ConfigError, match=r"train\.amp"):
         load_config(path, ["train.amp=true"])
+
+
+def test_build_config_leaves_the_callers_mapping_as_it_was():
+    """A checkpoint's stored config is read again after a resume's overrides: never modified."""
+    data = {"train": {"epochs": 2, "ema_decay": 0.99}, "model": {"D": {"enabled": True}}}
+    snapshot = copy.deepcopy(data)
+    cfg = build_config(data, ["train.epochs=4", "model.D.enabled=false"])
+    assert cfg.train.epochs == 4 and not cfg.model.D.enabled
+    assert data == snapshot
+    assert build_config(data).train.epochs == 2

@@ -57,11 +57,13 @@ def _phased(root: Path, *overrides: str):
     ("phases", "extra", "expected"),
     [
         ("[{networks: [R], epochs: 1}, {networks: [G, R, D]}]", (), "G trains in every phase"),
-        ("[{networks: [G, R]}, {networks: [G, R, D]}]", (), "phase 1 needs 'epochs'"),
+        ("[{networks: [G, R]}, {networks: [G, R, D]}]", (), "phase 1 needs its length"),
+        ("[{networks: [G], epochs: 1, share: 0.5}, {networks: [G, R, D]}]", (), "one of them"),
         ("[{networks: [G, R], epochs: 1}, {networks: [G, R, D], epochs: 2}]", (), "last phase"),
         ("[{networks: [G, R, D], epochs: 1}, {networks: [G, R, D, G]}]", (), "listed twice"),
         ("[{networks: [G, D], epochs: 1}, {networks: [G, R]}]", (), "networks only join"),
-        ("[{networks: [G, R], epochs: 3}, {networks: [G, R, D]}]", (), "the last would get none"),
+        ("[{networks: [G, R], epochs: 3}, {networks: [G, R, D]}]", (), "phase 2 would get no"),
+        ("[{networks: [G], share: 0.1}, {networks: [G, R, D]}]", (), "phase 1 would get no"),
         ("[{networks: [G, R], epochs: 1}, {networks: [G, R]}]", (), "D never joins"),
         ("[]", (), "empty"),
     ],
@@ -98,6 +100,39 @@ def test_the_plan_covers_the_run_and_names_each_epochs_networks(tmp_path):
     ]
     g_only = tiny_config(tmp_path, *MODES["G"], "train.epochs=5", THREE_PHASES)
     assert [(p.start, p.end, p.networks) for p in plan_phases(g_only)] == [(0, 5, ("G",))]
+
+
+def test_shares_of_the_run_keep_the_schedule_s_shape_at_any_length(tmp_path):
+    share = "train.phases=[{networks: [G, R], share: 0.75}, {networks: [G, R, D]}]"
+    for epochs, join in ((8, 6), (4, 3), (3, 2), (2, 2), (40, 30)):
+        # 0.75 of the run, to the nearest whole epoch (halves up: 1.5 -> 2)
+        if epochs == 2:
+            with pytest.raises(ConfigError, match="phase 2 would get no epoch"):
+                tiny_config(tmp_path, *MODES["G+R+D"], f"train.epochs={epochs}", share)
+            continue
+        cfg = tiny_config(tmp_path, *MODES["G+R+D"], f"train.epochs={epochs}", share)
+        assert [(p.start, p.end) for p in plan_phases(cfg)] == [(0, join), (join, epochs)]
+    mixed = "train.phases=[{networks: [G], epochs: 1}, {networks: [G, R], share: 0.5}, " + (
+        "{networks: [G, R, D]}]"
+    )
+    cfg = tiny_config(tmp_path, *MODES["G+R+D"], "train.epochs=5", mixed)
+    assert cfg.train.phase_starts() == [0, 1, 4]  # 1 + 2.5 = 3.5 -> 4
+
+
+def test_a_run_with_shares_is_not_resumed_at_another_length(dataset_root, tmp_path):
+    cfg = tiny_run_config(
+        dataset_root,
+        *MODES["G+D"],
+        "train.phases=[{networks: [G], share: 0.5}, {networks: [G, D]}]",
+        "train.steps_per_epoch=1",
+        "logging.tensorboard=false",
+        "eval.sample_count=0",
+        "eval.test_at_end=false",
+    )
+    train(cfg, out=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="shares of the run"):
+        train(resume=str(tmp_path / "run"), overrides=["train.epochs=4"])
+    train(resume=str(tmp_path / "run"), overrides=["train.epochs=2"])  # its own length: fine
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ validates the result with :func:`build_config`, which reports every problem at o
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -160,7 +161,8 @@ def build_config(
     Raises:
         ConfigError: listing every problem found.
     """
-    merged: dict = _deep_merge({}, data or {})
+    # a deep copy: the overrides are written into nested dicts, never into the caller's
+    merged: dict = copy.deepcopy(_deep_merge({}, data or {}))
     all_origins: dict[tuple[str, ...], Origin] = dict(origins or {})
     problems: list[str] = []
     for text in overrides:

@@ -10,6 +10,7 @@ often diagnostics are written.
 
 from __future__ import annotations
 
+import math
 from itertools import pairwise
 from typing import Literal
 
@@ -251,6 +252,14 @@ class PhaseConfig(_Section):
     epochs: int | None = Field(
         None, ge=1, description="length in epochs; the last phase omits it and runs to the end"
     )
+    share: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="length as a share of train.epochs, instead of epochs (the phase ends at "
+        "the nearest whole epoch): the schedule keeps its shape when the run is made longer "
+        "or shorter",
+    )
 
     @field_validator("networks")
     @classmethod
@@ -311,15 +320,17 @@ class TrainConfig(_Section):
             return self
         if not phases:
             raise ValueError("phases: empty; give at least one phase, or null for none")
-        if phases[-1].epochs is not None:
+        last = phases[-1]
+        if last.epochs is not None or last.share is not None:
             raise ValueError(
                 "phases: the last phase runs to the end of training: leave out its 'epochs' "
-                f"(got {phases[-1].epochs})"
+                f"and 'share' (got epochs {last.epochs}, share {last.share})"
             )
         for number, phase in enumerate(phases[:-1], start=1):
-            if phase.epochs is None:
+            if (phase.epochs is None) == (phase.share is None):
                 raise ValueError(
-                    f"phases: phase {number} needs 'epochs' (only the last phase omits it)"
+                    f"phases: phase {number} needs its length, 'epochs' or 'share' (one of "
+                    "them; only the last phase omits it)"
                 )
         for number, (before, after) in enumerate(pairwise(phases), start=2):
             if not set(before.networks) <= set(after.networks):
@@ -327,13 +338,27 @@ class TrainConfig(_Section):
                     f"phases: phase {number} ({'+'.join(after.networks)}) drops a network of phase "
                     f"{number - 1} ({'+'.join(before.networks)}); networks only join"
                 )
-        staged = sum(p.epochs or 0 for p in phases[:-1])
-        if staged >= self.epochs:
-            raise ValueError(
-                f"phases: those before the last take {staged} epochs, so the last would get none "
-                f"of train.epochs={self.epochs}"
-            )
+        starts = self.phase_starts()
+        ends = [*starts[1:], self.epochs]
+        for number, (start, end) in enumerate(zip(starts, ends), start=1):
+            if end <= start:
+                raise ValueError(
+                    f"phases: phase {number} would get no epoch of train.epochs={self.epochs} "
+                    f"(it would start at epoch {start + 1} and end at {end}); lengthen the run "
+                    "or shorten the phases before it"
+                )
         return self
+
+    def phase_starts(self) -> list[int]:
+        """The 0-based first epoch of each phase: the lengths (``epochs``, or ``share`` of
+        ``epochs``) accumulated and rounded to the nearest whole epoch (halves up)."""
+        starts, position = [], 0.0
+        for phase in self.phases or []:
+            starts.append(math.floor(position + 0.5))
+            position += (
+                phase.epochs if phase.epochs is not None else (phase.share or 0.0) * (self.epochs)
+            )
+        return starts
 
     @field_validator("amp", mode="before")
     @classmethod

@@ -90,4 +90,14 @@ def resume_config(run_dir: Path, overrides: list[str]) -> tuple[Config, dict]:
         raise ValueError(
             "a resumed run keeps its config (only train.epochs=N may change); got " + ", ".join(bad)
         )
-    return build_config(state["config"], overrides), state
+    cfg = build_config(state["config"], overrides)
+    saved = build_config(state["config"], [])
+    if cfg.train.epochs != saved.train.epochs and any(
+        p.share is not None for p in cfg.train.phases or []
+    ):
+        raise ValueError(
+            f"{run_dir}: its train.phases are given as shares of the run, and a run of "
+            f"{cfg.train.epochs} instead of {saved.train.epochs} epochs would move the phases' "
+            "boundaries under the epochs already trained; resume it at its length"
+        )
+    return cfg, state

@@ -66,15 +66,13 @@ def plan_phases(cfg: Config) -> tuple[Phase, ...]:
         return (Phase(1, 0, epochs, nets),)
     enabled = {"G", *(n for n in ("R", "D") if getattr(cfg.model, n).enabled)}
     spans: list[tuple[int, int, tuple[str, ...]]] = []
-    start = 0
-    for phase in cfg.train.phases:
-        end = start + phase.epochs if phase.epochs is not None else epochs
+    starts = cfg.train.phase_starts()
+    for phase, start, end in zip(cfg.train.phases, starts, [*starts[1:], epochs]):
         nets = tuple(n for n in phase.networks if n in enabled)
         if spans and spans[-1][2] == nets:  # nothing joins: the same phase goes on
             spans[-1] = (spans[-1][0], end, nets)
         else:
             spans.append((start, end, nets))
-        start = end
     return tuple(Phase(k, a, b, nets) for k, (a, b, nets) in enumerate(spans, start=1))
 
 
