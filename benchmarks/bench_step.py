@@ -63,7 +63,14 @@ MODES: dict[str, tuple[str, ...]] = {
 }
 """Overrides that make each mode from the base config (G+R+D)."""
 
-COMMON = ("logging.tensorboard=false", "logging.progress=false", "eval.test_at_end=false")
+# Every network of a mode trains in every timed step: the base config's phases (the demo's D
+# joins late) would leave D out of the first epoch's steps.
+COMMON = (
+    "logging.tensorboard=false",
+    "logging.progress=false",
+    "eval.test_at_end=false",
+    "train.phases=null",
+)
 QUICK = ("data.crop_size=32", "data.batch_size=2")
 
 MATMUL_SIZE = 1024
