@@ -134,7 +134,7 @@ def predict_probe(
         run: run directory or checkpoint.
         sources: image files to predict.
         size: side of the predicted images in px.
-        tile: tile side (0: the predictor's default).
+        tile: tile side (0: whole-image prediction, no tiling).
         tta: comma-separated TTA transforms ("" for none).
         repeats: predictions to time.
 

@@ -3,10 +3,11 @@
 Each setting runs in a fresh process (:func:`_common.predict_probe`) that imports medi2i,
 loads the run and predicts ``--repeats`` images of the split (resized to the size when they
 differ) through :class:`medi2i.Predictor`, as ``medi2i predict`` does: intensity check,
-normalisation, G (tile by tile above the predictor's tile size), mapping back. Reported per
-setting: import and load seconds (the start-up), the first call (it pays one-off allocations)
-and the median of the following calls (the per-image time), images/s, and the process's peak
-resident memory. Settings: each ``--sizes`` side without TTA and with the ``--tta`` set.
+normalisation, G (in tiles of at most 1024 px, the default, above that size), mapping back.
+Reported per setting: import and load seconds (the start-up), the first call (it pays one-off
+allocations) and the median of the following calls (the per-image time), images/s, and the
+process's peak resident memory. Settings: each ``--sizes`` side without TTA and with the
+``--tta`` set.
 
 A last row times the command a user types, ``medi2i predict --run RUN --input FILE --output
 DIR``, as a whole (process start to exit, one 256 px image): what a first try costs.
@@ -35,6 +36,7 @@ from typing import Any
 import torch
 
 from _common import machine_info, predict_probe, write_report
+from medi2i.inference.tiling import DEFAULT_TILE
 from medi2i.inference.tta import DEFAULT_TTA
 
 logger = logging.getLogger("bench_predict")
@@ -113,7 +115,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for size in args.sizes:
         repeats = args.repeats if size <= 1024 else args.large_repeats
         for tta in ("", args.tta) if args.tta else ("",):
-            probe = predict_probe(args.run, sources[:repeats], size=size, tta=tta, repeats=repeats)
+            probe = predict_probe(
+                args.run, sources[:repeats], size=size, tile=DEFAULT_TILE, tta=tta, repeats=repeats
+            )
             rows.append(summarise(probe, size=size, tta=tta))
             logger.warning("%s", rows[-1])
     report: dict[str, Any] = {
