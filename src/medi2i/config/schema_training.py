@@ -338,6 +338,8 @@ class TrainConfig(_Section):
                     f"phases: phase {number} ({'+'.join(after.networks)}) drops a network of phase "
                     f"{number - 1} ({'+'.join(before.networks)}); networks only join"
                 )
+        if any(p.share is not None for p in phases):
+            return self  # a phase a short run rounds to no epoch is skipped (phase_starts)
         starts = self.phase_starts()
         ends = [*starts[1:], self.epochs]
         for number, (start, end) in enumerate(zip(starts, ends), start=1):
@@ -351,10 +353,11 @@ class TrainConfig(_Section):
 
     def phase_starts(self) -> list[int]:
         """The 0-based first epoch of each phase: the lengths (``epochs``, or ``share`` of
-        ``epochs``) accumulated and rounded to the nearest whole epoch (halves up)."""
+        ``epochs``) accumulated and rounded to the nearest whole epoch (halves up), at most
+        ``epochs``. With shares, a run too short for a phase gives it no epoch: it is skipped."""
         starts, position = [], 0.0
         for phase in self.phases or []:
-            starts.append(math.floor(position + 0.5))
+            starts.append(min(self.epochs, math.floor(position + 0.5)))
             position += (
                 phase.epochs if phase.epochs is not None else (phase.share or 0.0) * (self.epochs)
             )

@@ -68,6 +68,8 @@ def plan_phases(cfg: Config) -> tuple[Phase, ...]:
     spans: list[tuple[int, int, tuple[str, ...]]] = []
     starts = cfg.train.phase_starts()
     for phase, start, end in zip(cfg.train.phases, starts, [*starts[1:], epochs]):
+        if end <= start:  # a phase given as a share that this run is too short for
+            continue
         nets = tuple(n for n in phase.networks if n in enabled)
         if spans and spans[-1][2] == nets:  # nothing joins: the same phase goes on
             spans[-1] = (spans[-1][0], end, nets)
@@ -85,12 +87,9 @@ def phase_at(phases: tuple[Phase, ...], epoch: int) -> Phase:
 
 
 def active_epochs(phases: tuple[Phase, ...], network: str, epochs: int) -> int:
-    """Epochs of ``network``'s training: from the phase it joins in to ``epochs``.
-
-    Raises:
-        ValueError: ``network`` is in no phase.
-    """
+    """Epochs of ``network``'s training: from the phase it joins in to ``epochs``; 0 when it
+    joins in no phase (a run too short for the phases given as shares)."""
     for phase in phases:
         if network in phase:
             return epochs - phase.start
-    raise ValueError(f"{network} trains in no phase")
+    return 0

@@ -264,10 +264,18 @@ def build_networks(
             opt,
             cfg.optim,
             steps_per_epoch=data.steps_per_epoch,
-            epochs=active_epochs(phases, name, tc.epochs),
+            epochs=max(1, active_epochs(phases, name, tc.epochs)),
         )
         for name, opt in optimizers.items()
     }
+    idle = [name for name in optimizers if not active_epochs(phases, name, tc.epochs)]
+    if idle:
+        log.warning(
+            "%s never train%s: a run of %d epoch(s) is too short for train.phases' shares",
+            "+".join(idle),
+            "s" if len(idle) == 1 else "",
+            tc.epochs,
+        )
     amp_dtype = AMP_DTYPES.get(tc.amp)
     if amp_dtype is not None and device.type == "cpu" and tc.amp == "fp16":
         raise ValueError("train.amp 'fp16' needs CUDA; use 'bf16' or 'off' on the CPU")
