@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from medi2i.config import ConfigError
-from medi2i.evaluation.plots import learning_rate_figure, validation_figure
+from medi2i.evaluation.plots import learning_rate_figure, phase_starts, validation_figure
 from medi2i.evaluation.runs import load_run
 from medi2i.run.checkpoint import load_checkpoint
 from medi2i.run.layout import RunLayout
 from medi2i.run.scalars import GRADIENT_SHARES, R1_SCALARS, LoggedScalars
-from medi2i.training.phases import active_epochs, phase_at, plan_phases
+from medi2i.training.phases import active_epochs, phase_announcement, phase_at, plan_phases
 from medi2i.training.step import TrainStep
 from medi2i.training.trainer import train
 from tinydata import MODES, tiny_config, tiny_run_config
@@ -84,6 +84,12 @@ def test_the_plan_covers_the_run_and_names_each_epochs_networks(tmp_path):
     assert [active_epochs(phases, n, 5) for n in ("G", "R", "D")] == [5, 4, 3]
     assert phases[2].joining(phases[1]) == ("D",)
     assert phases[1].describe(3, 5) == "phase 2/3 (epochs 2-2): G+R"
+    assert [phase_announcement(phases, e, 5) for e in range(4)] == [
+        "phase 1/3 (epochs 1-1): G",
+        "phase 2/3 (epochs 2-2): G+R (R joining)",
+        "phase 3/3 (epochs 3-5): G+R+D (D joining)",
+        None,
+    ]
     # the order a phase lists its networks in does not matter
     shuffled = tiny_config(
         tmp_path, *MODES["G+R+D"], "train.phases=[{networks: [D, G, R]}]", "train.epochs=2"
@@ -189,7 +195,7 @@ def test_a_phased_run_trains_each_network_from_its_phase_on(dataset_root, tmp_pa
 
     # the compare report's curves mark where each network joined
     record = load_run(run)
-    assert record.phase_starts() == [1.0, 2.0]
+    assert phase_starts(record) == [1.0, 2.0]
     for figure in (validation_figure([record]), learning_rate_figure([record])):
         verticals = {
             line.get_xdata()[0]

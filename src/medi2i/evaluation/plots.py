@@ -36,6 +36,7 @@ from medi2i.run.scalars import (
     D_REAL,
     NETWORKS,
     PART_NAMES,
+    PHASE,
     clip_rate_key,
     epoch_key,
     grad_norm_key,
@@ -56,6 +57,7 @@ __all__ = [
     "learning_rate_figure",
     "legend_label",
     "loss_composition_figure",
+    "phase_starts",
     "run_colors",
     "validation_figure",
 ]
@@ -138,11 +140,19 @@ _PHASE_LINE = {"ls": (0, (4, 3)), "lw": 1.0, "alpha": 0.8}
 _PHASE_NOTE = "vertical dashes: a network joins (train.phases)"
 
 
+def phase_starts(run: RunRecord) -> list[float]:
+    """Where each later training phase of a run began (``train.phases``), in epochs on the
+    curves' x axis: the end of the epoch before the first epoch logged with the new phase.
+    Empty for a run of one phase (or one that did not log phases)."""
+    x, y = run.series(PHASE)
+    return [float(x[i] - 1) for i in range(1, y.size) if y[i] != y[i - 1]]
+
+
 def _mark_phases(axes: Sequence[Axes], runs: Sequence[RunRecord], colors: Sequence[str]) -> bool:
     """Draw each run's phase switches on every axis; whether any run has one."""
     marked = False
     for run, color in zip(runs, colors):
-        for start in run.phase_starts():
+        for start in phase_starts(run):
             marked = True
             for ax in axes:
                 ax.axvline(start, color=color, **_PHASE_LINE)

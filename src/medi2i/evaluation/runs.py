@@ -45,7 +45,6 @@ from medi2i.run.scalars import (
     BEST_VALUE,
     EPOCH,
     EPOCH_SECONDS,
-    PHASE,
     STEP,
     val_name,
 )
@@ -428,13 +427,6 @@ class RunRecord:
         if source == "steps":
             return self.steps, STEP
         raise ValueError(f"source must be 'epochs' or 'steps', got {source!r}")
-
-    def phase_starts(self) -> list[float]:
-        """Where each later training phase began (``train.phases``), in epochs on the curves' x
-        axis: the end of the epoch before the first epoch logged with the new phase. Empty for
-        a run of one phase (or one that did not log phases)."""
-        x, y = self.series(PHASE)
-        return [float(x[i] - 1) for i in range(1, y.size) if y[i] != y[i - 1]]
 
     def has_key(self, key: str, *, source: str = "epochs") -> bool:
         """Whether any row of the log has a finite value for ``key``."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from medi2i.config import Config
 
-__all__ = ["Phase", "active_epochs", "phase_at", "plan_phases"]
+__all__ = ["Phase", "active_epochs", "phase_announcement", "phase_at", "plan_phases"]
 
 
 @dataclass(frozen=True)
@@ -93,3 +93,15 @@ def active_epochs(phases: tuple[Phase, ...], network: str, epochs: int) -> int:
         if network in phase:
             return epochs - phase.start
     return 0
+
+
+def phase_announcement(phases: tuple[Phase, ...], epoch: int, epochs: int) -> str | None:
+    """``phase 2/2 (epochs 7-8): G+R+D (D joining)`` when a phase begins at ``epoch`` (0-based)
+    of a run of several phases, else None."""
+    phase = phase_at(phases, epoch)
+    if len(phases) == 1 or epoch != phase.start:
+        return None
+    message = phase.describe(len(phases), epochs)
+    if phase.number > 1:
+        message += f" ({'+'.join(phase.joining(phases[phase.number - 2]))} joining)"
+    return message

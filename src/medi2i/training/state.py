@@ -27,7 +27,19 @@ from medi2i.training.ema import EMA
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["capture_rng_state", "load_pretrained_generator", "restore_rng_state"]
+__all__ = [
+    "capture_rng_state",
+    "load_pretrained_generator",
+    "restore_rng_state",
+    "seed_everything",
+]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every global random generator a run uses (Python, NumPy, torch)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def capture_rng_state() -> dict:

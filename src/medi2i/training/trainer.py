@@ -26,7 +26,6 @@ import copy
 import json
 import logging
 import math
-import random
 import shutil
 import time
 from collections.abc import Iterator
@@ -34,7 +33,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -74,7 +72,7 @@ from medi2i.training.distributed import (
 )
 from medi2i.training.epoch_line import epoch_summary_line
 from medi2i.training.launch import attach_file_log, mode_name, new_run_dir, resume_config
-from medi2i.training.phases import phase_at
+from medi2i.training.phases import phase_announcement, phase_at
 from medi2i.training.run_logger import RunLogger
 from medi2i.training.running_means import RunningMeans
 from medi2i.training.samples import sample_grid
@@ -85,7 +83,7 @@ from medi2i.training.setup import (
     optional_split,
     trainable_networks,
 )
-from medi2i.training.state import capture_rng_state, restore_rng_state
+from medi2i.training.state import capture_rng_state, restore_rng_state, seed_everything
 from medi2i.training.step import TrainingError, TrainStep
 from medi2i.training.validation import EvalResult, evaluate_generator
 from medi2i.utils.atomic import atomic_write_text
@@ -96,12 +94,6 @@ from medi2i.utils.version import __version__
 log = logging.getLogger(__name__)
 
 __all__ = ["Trainer", "TrainingError", "train"]  # TrainingError: raised by the step
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 class Trainer(TrainStep):
@@ -127,7 +119,7 @@ class Trainer(TrainStep):
         self.ctx = ctx
         self.device = ctx.device
         tc = cfg.train
-        _seed_everything(cfg.seed)
+        seed_everything(cfg.seed)
         if tc.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
@@ -223,15 +215,11 @@ class Trainer(TrainStep):
     def _enter_phase(self) -> None:
         """Set the phase of the epoch about to train; announce a phase as it begins."""
         self.phase = phase_at(self.phases, self.epoch)
-        if len(self.phases) == 1 or self.step_in_epoch or self.epoch != self.phase.start:
-            return
-        message = self.phase.describe(len(self.phases), self.cfg.train.epochs)
-        if self.phase.number > 1:
-            joining = self.phase.joining(self.phases[self.phase.number - 2])
-            message += f" ({'+'.join(joining)} joining)"
-        log.info(message)
-        if self.ctx.is_main:
-            print(message, flush=True)
+        message = phase_announcement(self.phases, self.epoch, self.cfg.train.epochs)
+        if message and not self.step_in_epoch:  # a resumed epoch was announced already
+            log.info(message)
+            if self.ctx.is_main:
+                print(message, flush=True)
 
     def train_epoch(self) -> dict[str, float]:
         """Train the rest of the current epoch; returns the epoch's mean diagnostics."""
