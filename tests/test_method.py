@@ -119,10 +119,10 @@ def test_train_step_compares_in_the_target_frame(misaligned_root, tmp_path, monk
     trainer.train_step(batch)
     n = batch["input"].shape[0]
     y_hat = g_outputs[0]
-    g_step_input = d_inputs[-1]  # the G step's call: cat([target, G(x), warp(G(x))])
-    assert g_step_input.shape[0] == 3 * n
-    torch.testing.assert_close(g_step_input[n : 2 * n], y_hat)
-    torch.testing.assert_close(g_step_input[2 * n :], seen["pred"])
+    g_step_input = d_inputs[-1]  # the G step's call: cat([G(x), warp(G(x))])
+    assert g_step_input.shape[0] == 2 * n
+    torch.testing.assert_close(g_step_input[:n], y_hat)
+    torch.testing.assert_close(g_step_input[n:], seen["pred"])
     torch.testing.assert_close(seen["pred"], warp(y_hat, seen["field"]))
     # the mask is in the target's frame, like the prediction it weights
     torch.testing.assert_close(seen["mask"], warp(batch["mask"], seen["field"]))
@@ -149,11 +149,58 @@ def test_d_in_the_target_frame_judges_the_warped_output_with_the_input(misaligne
     assert trainer.r_centring is None  # the field R returned is the one warped with
     pred = warp(g_outputs[0], fields[0])
     (d_images, d_cond), (g_images, g_cond) = calls
-    for images, cond in ((d_images, d_cond), (g_images, g_cond)):
-        assert images.shape[0] == 2 * n  # [target, warp(G(x))]: no unwarped output
-        torch.testing.assert_close(images[:n], batch["target"])
-        torch.testing.assert_close(images[n:], pred, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(cond, torch.cat([batch["input"]] * 2))
+    assert d_images.shape[0] == 2 * n  # [target, warp(G(x))]: no unwarped output
+    torch.testing.assert_close(d_images[:n], batch["target"])
+    torch.testing.assert_close(d_images[n:], pred, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(d_cond, torch.cat([batch["input"]] * 2))
+    # the G step scores only warp(G(x)); the target's scores are the D step's
+    torch.testing.assert_close(g_images, pred, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(g_cond, batch["input"])
+
+
+@pytest.mark.parametrize("frame", ["output", "target"])
+def test_g_step_scores_the_target_with_the_d_step_s_weights(misaligned_root, tmp_path, frame):
+    """D sees the target once per step: the G step reuses the D step's scores of it, and its
+    own call on G's output uses the same spectrally normalised weights (no second power
+    iteration), so the real and fake scores G's loss compares come from one D."""
+    trainer = make_trainer(misaligned_root, tmp_path, f"model.D.frame={frame}")
+    batch = first_batch(trainer)
+    seen: dict = {}
+    original_terms = trainer.g_loss.weighted_terms
+
+    def spy_terms(pred, target, mask=None, **kwargs):
+        seen["calls"] = list(images_seen)  # the step's own calls of D so far
+        # D as it stands at this point of the step (after the D step's call, before any update)
+        d_now = trainer.D.eval()
+        with torch.no_grad():
+            cond = batch["input"] if trainer.d_conditional else None
+            seen["real_now"] = d_now(target, cond)
+            seen["fake_now"] = d_now(pred if frame == "target" else g_outputs[0], cond)
+        trainer.D.train()
+        seen.update(real=kwargs["real_outputs"], fake=kwargs["fake_outputs"])
+        return original_terms(pred, target, mask, **kwargs)
+
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(trainer.g_loss, "weighted_terms", spy_terms)
+    g_outputs: list[torch.Tensor] = []
+    trainer.G.register_forward_hook(lambda _m, _a, out: g_outputs.append(out.detach()))
+    images_seen: list[int] = []
+    trainer.D.register_forward_pre_hook(lambda _m, args: images_seen.append(args[0].shape[0]))
+    try:
+        trainer.train_step(batch)
+    finally:
+        monkeypatch.undo()
+    n = batch["input"].shape[0]
+    # D step: target + fake; G step: G(x) and warp(G(x)) (one image with D in the target frame)
+    assert seen["calls"] == ([2 * n, 2 * n] if frame == "output" else [2 * n, n])
+    for (logits, feats), (logits_now, feats_now) in zip(seen["real"], seen["real_now"]):
+        assert not logits.requires_grad
+        torch.testing.assert_close(logits, logits_now, atol=1e-6, rtol=1e-5)
+        for f, f_now in zip(feats, feats_now):
+            torch.testing.assert_close(f, f_now, atol=1e-6, rtol=1e-5)
+    for (logits, _), (logits_now, _) in zip(seen["fake"], seen["fake_now"]):
+        torch.testing.assert_close(logits.detach(), logits_now, atol=1e-5, rtol=1e-4)
+    assert trainer.D.training and all(p.requires_grad for p in trainer.D.parameters())
 
 
 @pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")

@@ -17,7 +17,62 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["Warp", "warp"]
+__all__ = ["Warp", "warp", "warp_with_jacobian"]
+
+
+def _check_shapes(image: torch.Tensor, disp: torch.Tensor) -> None:
+    if image.ndim != 4:
+        raise ValueError(f"image must have shape (N, C, H, W), got {tuple(image.shape)}")
+    n, _, h, w = image.shape
+    if tuple(disp.shape) != (n, 2, h, w):
+        raise ValueError(
+            f"disp must have shape (N, 2, H, W) = {(n, 2, h, w)} to match the image "
+            f"{tuple(image.shape)}, got {tuple(disp.shape)}"
+        )
+
+
+def _bilinear(image: torch.Tensor, disp: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The pieces of a bilinear backward warp, in float32 (float64 if an input is float64).
+
+    Returns the four neighbours' values ``p00, p01, p10, p11`` (row offset first), the weights
+    ``wy, wx`` of the lower and right neighbours (``(N, 1, H, W)``, differentiable with respect
+    to ``disp``) and the unclamped positions ``pos_y, pos_x`` (``(N, H, W)``). Autocast must be
+    off around the call.
+    """
+    n, c, h, w = image.shape
+    dtype = torch.float64 if torch.float64 in (image.dtype, disp.dtype) else torch.float32
+    field = disp.to(dtype)
+    rows = torch.arange(h, device=image.device, dtype=dtype).view(1, h, 1)
+    cols = torch.arange(w, device=image.device, dtype=dtype).view(1, 1, w)
+    raw_y, raw_x = rows + field[:, 0], cols + field[:, 1]
+    # Border padding = clamp the sampling position (zero gradient outside, as grid_sample).
+    pos_y, pos_x = raw_y.clamp(0, h - 1), raw_x.clamp(0, w - 1)
+    # A NaN displacement (a diverging R) must not crash the indexing below: its neighbour
+    # index becomes 0 while its weight stays NaN, so the warped pixel is NaN and the
+    # step's non-finite check skips the update, as for any other non-finite loss.
+    y0 = torch.nan_to_num(pos_y.detach(), nan=0.0).floor()
+    x0 = torch.nan_to_num(pos_x.detach(), nan=0.0).floor()
+    wy = (pos_y - y0).unsqueeze(1)  # (N, 1, H, W) weights of the lower/right neighbours
+    wx = (pos_x - x0).unsqueeze(1)
+    y0, x0 = y0.long(), x0.long()
+    y1 = (y0 + 1).clamp(max=h - 1)
+    x1 = (x0 + 1).clamp(max=w - 1)
+    flat = image.to(dtype).reshape(n, c, h * w)
+
+    def pick(yi: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        index = (yi * w + xi).reshape(n, 1, h * w).expand(n, c, h * w)
+        return flat.gather(2, index).reshape(n, c, h, w)
+
+    return {
+        "p00": pick(y0, x0),
+        "p01": pick(y0, x1),
+        "p10": pick(y1, x0),
+        "p11": pick(y1, x1),
+        "wy": wy,
+        "wx": wx,
+        "pos_y": raw_y,
+        "pos_x": raw_x,
+    }
 
 
 def warp(image: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
@@ -52,41 +107,57 @@ def warp(image: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
     Raises:
         ValueError: if the shapes do not match.
     """
-    if image.ndim != 4:
-        raise ValueError(f"image must have shape (N, C, H, W), got {tuple(image.shape)}")
-    n, c, h, w = image.shape
-    if tuple(disp.shape) != (n, 2, h, w):
-        raise ValueError(
-            f"disp must have shape (N, 2, H, W) = {(n, 2, h, w)} to match the image "
-            f"{tuple(image.shape)}, got {tuple(disp.shape)}"
-        )
-    dtype = torch.float64 if torch.float64 in (image.dtype, disp.dtype) else torch.float32
+    _check_shapes(image, disp)
     with torch.autocast(device_type=image.device.type, enabled=False):
-        field = disp.to(dtype)
-        rows = torch.arange(h, device=image.device, dtype=dtype).view(1, h, 1)
-        cols = torch.arange(w, device=image.device, dtype=dtype).view(1, 1, w)
-        # Border padding = clamp the sampling position (zero gradient outside, as grid_sample).
-        pos_y = (rows + field[:, 0]).clamp(0, h - 1)
-        pos_x = (cols + field[:, 1]).clamp(0, w - 1)
-        # A NaN displacement (a diverging R) must not crash the indexing below: its neighbour
-        # index becomes 0 while its weight stays NaN, so the warped pixel is NaN and the
-        # step's non-finite check skips the update, as for any other non-finite loss.
-        y0 = torch.nan_to_num(pos_y.detach(), nan=0.0).floor()
-        x0 = torch.nan_to_num(pos_x.detach(), nan=0.0).floor()
-        wy = (pos_y - y0).unsqueeze(1)  # (N, 1, H, W) weights of the lower/right neighbours
-        wx = (pos_x - x0).unsqueeze(1)
-        y0, x0 = y0.long(), x0.long()
-        y1 = (y0 + 1).clamp(max=h - 1)
-        x1 = (x0 + 1).clamp(max=w - 1)
-        flat = image.to(dtype).reshape(n, c, h * w)
+        b = _bilinear(image, disp)
+        top = b["p00"] * (1 - b["wx"]) + b["p01"] * b["wx"]
+        bottom = b["p10"] * (1 - b["wx"]) + b["p11"] * b["wx"]
+        return top * (1 - b["wy"]) + bottom * b["wy"]
 
-        def pick(yi: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
-            index = (yi * w + xi).reshape(n, 1, h * w).expand(n, c, h * w)
-            return flat.gather(2, index).reshape(n, c, h, w)
 
-        top = pick(y0, x0) * (1 - wx) + pick(y0, x1) * wx
-        bottom = pick(y1, x0) * (1 - wx) + pick(y1, x1) * wx
-        return top * (1 - wy) + bottom * wy
+@torch.no_grad()
+def warp_with_jacobian(
+    image: torch.Tensor, disp: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`warp` and its derivative with respect to the displacement, without autograd.
+
+    Each warped pixel depends on its own displacement only, so the derivative is a per-pixel
+    ``(N, C, 2, H, W)`` tensor: ``d out[n, c, y, x] / d disp[n, k, y, x]``. The gradient of a
+    loss ``L(out)`` with respect to the field is then ``(dL/dout).unsqueeze(2) * jac`` summed
+    over channels. This is what :func:`warp`'s autograd computes (the tests compare them), in
+    fewer, simpler operations: an optimiser that fits a field to a fixed image (the fitted
+    registration) needs nothing else, and building and running autograd's graph at every
+    iteration cost it about 40% of its time on a CPU.
+
+    Conventions as :func:`warp`: where the position is clamped to the border the derivative
+    along that axis is 0 (on the border itself it is the one-sided difference inwards).
+
+    Args:
+        image: ``(N, C, H, W)`` tensor to resample (not differentiated).
+        disp: ``(N, 2, H, W)`` displacement in pixels.
+
+    Returns:
+        ``(warped, jac)``: the warped image ``(N, C, H, W)`` and ``jac`` ``(N, C, 2, H, W)``,
+        channel 0 of the third axis along rows, 1 along columns; float32 (float64 if an input
+        was float64).
+
+    Raises:
+        ValueError: if the shapes do not match.
+    """
+    _check_shapes(image, disp)
+    h, w = image.shape[-2:]
+    with torch.autocast(device_type=image.device.type, enabled=False):
+        b = _bilinear(image, disp)
+        wy, wx = b["wy"], b["wx"]
+        left, right = b["p01"] - b["p00"], b["p11"] - b["p10"]
+        top = b["p00"] + left * wx
+        bottom = b["p10"] + right * wx
+        warped = top + (bottom - top) * wy
+        inside_y = ((b["pos_y"] >= 0) & (b["pos_y"] <= h - 1)).unsqueeze(1)
+        inside_x = ((b["pos_x"] >= 0) & (b["pos_x"] <= w - 1)).unsqueeze(1)
+        d_dy = (bottom - top) * inside_y
+        d_dx = (left + (right - left) * wy) * inside_x
+        return warped, torch.stack([d_dy, d_dx], dim=2)
 
 
 class Warp(nn.Module):

@@ -5,6 +5,7 @@ mask drawn in the input's frame)::
 
     y_hat = G(x)
     D step   (when D is on): D_loss = GAN(D(y), D(y_hat.detach())) [+ R1 on lazy steps]
+                             (D(y) is kept, detached, for the G step's feature matching)
     G step:  with R on:  field = R(y_hat, y)   (learnt R, model.R.kind net)
                              or R(y_hat.detach(), y, mask)   (fitted R, kind fit: no
                              weights; G learns through the warped image only);
@@ -32,9 +33,13 @@ Gradient shares. Every ``logging.gshare_every`` steps each weighted term's gradi
 shares (``share_*``) do not tell when a term's value is large but flat.
 
 D and G are updated simultaneously from the same parameters (both losses are computed before
-either optimiser steps), so one finite-check covers the whole step. D's real and fake halves
-go through D in one call (spectral normalisation's power iteration then uses the same weights
-for both). In the G step D's parameters are frozen and D is called unwrapped, so its gradients
+either optimiser steps), so one finite-check covers the whole step. D sees each image once per
+step: the D step scores the target and G's output (detached) in one call, and the G step scores
+only what needs G's graph (G's output, and warp(G(x)) for feature matching), reusing the D
+step's scores of the target. That is exact because the G step calls D in eval mode: spectral
+normalisation then skips its power iteration and uses the vectors the D step just updated, so
+both calls see the same normalised weights (a second training-mode call would have advanced
+them). In the G step D's parameters are frozen and D is called unwrapped, so its gradients
 are never touched there - which also keeps DDP's gradient reduction for D in the D step only.
 
 Phases (``train.phases``, :mod:`medi2i.training.phases`): a network that has not joined yet takes
@@ -46,6 +51,7 @@ The diagnostics a step returns carry the logged names of :mod:`medi2i.run.scalar
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from dataclasses import dataclass
@@ -77,6 +83,27 @@ __all__ = ["TrainStep", "TrainingError"]
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. too many non-finite steps in a row)."""
+
+
+def _detached(outputs: list) -> list:
+    """D's outputs with every tensor detached (targets of feature matching, not graphs)."""
+    return [(logits.detach(), [f.detach() for f in feats]) for logits, feats in outputs]
+
+
+@contextlib.contextmanager
+def _frozen(d_net: torch.nn.Module):
+    """D as the G step uses it: no parameter gradients, and in eval mode, where spectral
+    normalisation reuses the singular vectors of the D step's call instead of iterating again
+    (the same normalised weights as the D step's scores of the target). D has no other
+    mode-dependent layer."""
+    was_training = d_net.training
+    d_net.requires_grad_(False)
+    d_net.eval()
+    try:
+        yield d_net
+    finally:
+        d_net.requires_grad_(True)
+        d_net.train(was_training)
 
 
 def _split(outputs: list, n: int) -> list[list]:
@@ -167,8 +194,8 @@ class TrainStep:
             y_hat = self.G(x)
         y_hat = y_hat.float()
         frame = self._in_target_frame(y_hat, y, mask, stats)
-        d_total = self._d_step(x, y, y_hat, frame, stats) if self.d_on else None
-        g_total = self._g_step(x, y, y_hat, frame, stats)
+        d_total, real_out = self._d_step(x, y, y_hat, frame, stats) if self.d_on else (None, None)
+        g_total = self._g_step(x, y, y_hat, frame, real_out, stats)
         return self._apply_step(g_total, d_total, stats)
 
     def _in_target_frame(
@@ -207,11 +234,12 @@ class TrainStep:
         y_hat: torch.Tensor,
         frame: _TargetFrame,
         stats: dict,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, list]:
         """D's loss on the target (real) against G's output (fake), back-propagated into D.
 
         D judges G's output as it is, or (``model.D.frame: target``) warped into the target's
-        frame, where a conditional D sees real and fake pairs equally misaligned.
+        frame, where a conditional D sees real and fake pairs equally misaligned. Returns the
+        loss and D's outputs on the target, detached (the G step's real scores).
         """
         judged = frame.pred if self.d_in_target_frame else y_hat
         cond = torch.cat([x, x]) if self.d_conditional else None
@@ -226,40 +254,32 @@ class TrainStep:
         stats.update(parts)
         stats[LOSS_D] = total.detach()
         stats.update(self._clip("D"))
-        return total
+        return total, _detached(real_out)
 
     def _d_view(
-        self, x: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor, frame: _TargetFrame
-    ) -> tuple[list, list, list | None]:
-        """The frozen D's outputs for G's loss: (target, judged image, feature-matching image).
+        self, x: torch.Tensor, y_hat: torch.Tensor, frame: _TargetFrame
+    ) -> tuple[list, list | None]:
+        """The frozen D's outputs for G's loss: (judged image, feature-matching image).
 
         The GAN term judges what D was trained on: G's own output (position-free), or with
         ``model.D.frame: target`` the warped output. Feature matching is a position-wise L1
-        between D's feature maps of the target and of the image in the target's frame
-        (warp(G(x)) with R on): against the unwarped output it would pull G towards
-        reproducing the target's misalignment.
+        between D's feature maps of the target (the D step's) and of the image in the target's
+        frame (warp(G(x)) with R on): against the unwarped output it would pull G towards
+        reproducing the target's misalignment. None: feature matching uses the judged image.
         """
         if self.d_in_target_frame:
             # a learnt R's field is detached here: R registers, it does not learn to fool D
-            judged = warp(y_hat, frame.field.detach()) if self.r_learnt else frame.pred
-            images = [y, judged]
+            images = [warp(y_hat, frame.field.detach()) if self.r_learnt else frame.pred]
         else:
-            images = [y, y_hat]
+            images = [y_hat]
             if self.r_on and self.cfg.loss.feat_match_weight > 0:
                 images.append(frame.pred)
-        d_net = unwrap_model(self.D)
-        d_net.requires_grad_(False)
-        try:
+        with _frozen(unwrap_model(self.D)) as d_net:
             cond = torch.cat([x] * len(images)) if self.d_conditional else None
             with self._autocast():
                 outputs = d_net(torch.cat(images), cond)
-        finally:
-            d_net.requires_grad_(True)
         chunks = _split(outputs, x.shape[0])
-        real_out, fake_out = chunks[0], chunks[1]
-        if self.d_in_target_frame:
-            return real_out, fake_out, fake_out
-        return real_out, fake_out, chunks[2] if len(chunks) > 2 else None
+        return chunks[0], chunks[1] if len(chunks) > 1 else None
 
     def _g_step(
         self,
@@ -267,13 +287,15 @@ class TrainStep:
         y: torch.Tensor,
         y_hat: torch.Tensor,
         frame: _TargetFrame,
+        real_out: list | None,
         stats: dict,
     ) -> torch.Tensor:
         """G's (and a learnt R's) loss: reconstruction in the target's frame, D's verdict,
-        feature matching and R's smoothness; back-propagated into G and R."""
-        real_out = fake_out = fm_out = None
+        feature matching and R's smoothness; back-propagated into G and R. ``real_out``: the D
+        step's outputs on the target (None without D)."""
+        fake_out = fm_out = None
         if self.d_on:
-            real_out, fake_out, fm_out = self._d_view(x, y, y_hat, frame)
+            fake_out, fm_out = self._d_view(x, y_hat, frame)
         weighted, raw, d_view = self.g_loss.weighted_terms(
             frame.pred,
             y,
