@@ -1470,9 +1470,10 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(threads)  # in-process evaluations run side by side as well
-    print(
-        f"{len(plan)} runs -> {out}/runs ({jobs} at a time, {threads} thread(s) each)", flush=True
-    )
+        each = f"{threads} thread(s) each"
+    else:  # one run at a time inherits the environment's thread setting
+        each = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset: all cores')}"
+    print(f"{len(plan)} runs -> {out}/runs ({jobs} at a time, {each})", flush=True)
 
     def run_one(spec: RunSpec) -> dict[str, Any]:
         return execute(

@@ -20,6 +20,7 @@ scored on what no loss shows:
 Usage::
 
     python benchmarks/bench_frame.py RUN_DIR [RUN_DIR ...] [--split val] [--limit 60]
+    python benchmarks/bench_frame.py RUN_DIR --set fit_iterations=80   # another fit, same G
 
 The benchmark folder is the run's ``data.root`` (``--data`` to override); it must be a
 ``medi2i data drr`` benchmark (``benchmark.json``). A few seconds per image on one CPU thread.
@@ -40,6 +41,7 @@ import numpy as np
 import torch
 
 from _common import machine_info, write_report
+from medi2i.config import ConfigError
 
 logger = logging.getLogger("bench_frame")
 
@@ -56,9 +58,20 @@ def _epe(field: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> float:
     return float((field - truth).norm(dim=0)[mask[0] > 0.5].mean())
 
 
-def score_run(run_dir: Path, *, split: str, data: Path | None, limit: int | None) -> dict:
-    """Score one G+R run on a split of its DRR benchmark (see the module docstring)."""
-    from medi2i.config import Config
+def score_run(
+    run_dir: Path,
+    *,
+    split: str,
+    data: Path | None,
+    limit: int | None,
+    registration: tuple[str, ...] = (),
+) -> dict:
+    """Score one G+R run on a split of its DRR benchmark (see the module docstring).
+
+    ``registration``: ``model.R.*`` overrides of the run's fitted R (``fit_iterations=80``,
+    ...), to try registration settings on a trained G without training again.
+    """
+    from medi2i.config import build_config
     from medi2i.data.builders import build_dataset
     from medi2i.data.drr import target_displacement
     from medi2i.inference import load_generator
@@ -67,7 +80,9 @@ def score_run(run_dir: Path, *, split: str, data: Path | None, limit: int | None
 
     loaded = load_generator(run_dir, weights="ema")
     state = load_checkpoint(loaded.checkpoint, map_location="cpu")
-    cfg = Config.model_validate(state["config"])
+    cfg = build_config(state["config"], [f"model.R.{kv}" for kv in registration])
+    if registration and cfg.model.R.kind != "fit":
+        raise ValueError(f"{run_dir}: registration overrides need a fitted R (model.R.kind fit)")
     if not cfg.model.R.enabled:
         raise ValueError(f"{run_dir}: the run has no registration R (model.R.enabled false)")
     reg = build_registration(cfg.model.R, lung_weight=cfg.loss.lung_weight)
@@ -132,6 +147,7 @@ def score_run(run_dir: Path, *, split: str, data: Path | None, limit: int | None
     epe_none = means["epe_none"]
     return {
         "run": str(run_dir),
+        "registration_overrides": list(registration),
         "checkpoint": str(loaded.checkpoint),
         "split": split,
         "images": count,
@@ -147,7 +163,8 @@ def score_run(run_dir: Path, *, split: str, data: Path | None, limit: int | None
 
 def _print(result: dict) -> None:
     m = result["mean"]
-    print(f"{result['run']} ({result['split']}, {result['images']} images)")
+    settings = " ".join(result["registration_overrides"]) or "the run's R"
+    print(f"{result['run']} ({result['split']}, {result['images']} images, {settings})")
     print(
         f"  R's EPE (lung, px): none {m['epe_none']:.3f} | R(G(x), y) {m['epe_R_output']:.3f} "
         f"({100 * result['recovered_R_output']:.0f}% recovered) | R(truth, y) "
@@ -178,6 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )
+    parser.add_argument(
+        "--set",
+        dest="registration",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting of the run's fitted R (model.R.KEY), e.g. fit_iterations=80; repeatable",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/frame.json"))
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -188,8 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for run in args.runs:
         try:
-            result = score_run(run, split=args.split, data=args.data, limit=args.limit)
-        except (OSError, ValueError) as exc:
+            result = score_run(
+                run,
+                split=args.split,
+                data=args.data,
+                limit=args.limit,
+                registration=tuple(args.registration),
+            )
+        except (OSError, ValueError, ConfigError) as exc:
             print(f"bench_frame: error: {exc}")
             return 1
         _print(result)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import load_benchmark
+from medi2i.config import ConfigError
 from medi2i.data.drr import DRRSettings, generate_benchmark
 from tinydata import tiny_config
 
@@ -103,3 +104,28 @@ def test_a_fitted_r_is_scored_without_weights(frame, gr_run, tmp_path):
     torch.save(state, tmp_path / "run" / "checkpoints" / "best.pt")
     result = frame.score_run(tmp_path / "run", split="val", data=None, limit=1)
     assert result["recovered_R_truth"] > 0.5
+
+
+def test_registration_settings_can_be_tried_on_a_trained_run(frame, gr_run, tmp_path):
+    """--set overrides the fitted R's settings for scoring: one fit step recovers far less of
+    the misalignment than the run's own fit; an unknown setting or a learnt R is refused."""
+    state = torch.load(gr_run / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
+    learnt_run = gr_run
+    del state["model"]["R"]
+    state["config"]["model"]["R"].update(kind="fit", grid_spacing=16)
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    torch.save(state, tmp_path / "run" / "checkpoints" / "best.pt")
+    own = frame.score_run(tmp_path / "run", split="val", data=None, limit=1)
+    one_step = frame.score_run(
+        tmp_path / "run", split="val", data=None, limit=1, registration=("fit_iterations=1",)
+    )
+    assert one_step["registration_overrides"] == ["fit_iterations=1"]
+    assert one_step["recovered_R_truth"] < own["recovered_R_truth"] - 0.2
+    with pytest.raises(ConfigError, match="fit_iteration"):
+        frame.score_run(
+            tmp_path / "run", split="val", data=None, limit=1, registration=("fit_iteration=1",)
+        )
+    with pytest.raises(ValueError, match="need a fitted R"):
+        frame.score_run(
+            learnt_run, split="val", data=None, limit=1, registration=("fit_iterations=1",)
+        )
