@@ -57,8 +57,14 @@ def _user_overrides(report: dict[str, Any]) -> list[str]:
 
 
 def verdict(differences: dict[str, dict[str, Any]]) -> str:
-    """``better``/``worse`` where lung PSNR or lung HFEN moves with an interval off zero."""
-    psnr, hfen = differences["psnr_mask"], differences["hfen_mask"]
+    """``better``/``worse`` where lung PSNR or lung HFEN moves with an interval off zero.
+
+    HFEN is judged on the interval the table shows: the per-seed relative change when it is
+    there (the interval of absolute differences can lie off zero while the relative one does
+    not, and a verdict must not contradict its own row).
+    """
+    psnr = differences["psnr_mask"]
+    hfen = differences["hfen_mask"].get("relative_pct") or differences["hfen_mask"]
     signs = set()
     if ci_excludes_zero(psnr):
         signs.add("better" if psnr["mean"] > 0 else "worse")

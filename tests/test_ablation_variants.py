@@ -58,5 +58,10 @@ def test_options_are_paired_by_seed_and_judged_by_their_intervals(tmp_path):
     assert bench.verdict(worse_hfen) == "worse"
     worse_hfen["psnr_mask"] = {"mean": 0.5, "ci_low": 0.2, "ci_high": 0.8}
     assert bench.verdict(worse_hfen) == "mixed"
+    # the relative interval shown in the table decides, not the absolute one
+    shown = {"mean": 4.8, "ci_low": -0.1, "ci_high": 9.7}
+    worse_hfen["hfen_mask"]["relative_pct"] = shown
+    worse_hfen["psnr_mask"] = {"mean": -0.4, "ci_low": -1.1, "ci_high": 0.4}
+    assert bench.verdict(worse_hfen) == "no difference"
     with pytest.raises(SystemExit, match="has no successful G\\+R run"):
         bench.main([str(tmp_path / "base"), f"x={tmp_path / 'up'}", "--arm", "G+R"])
