@@ -11,17 +11,24 @@ after ``--warmup``). Measured in the same run:
   the losses' filters and the fitted R's updates is not counted) and the GFLOP/s the step
   achieves, as a share of the matmul figure (the roofline);
 * **the share of step time outside the networks**: one minus the time of a bare step that only
-  runs the same networks forward and backward on the same batch (G; R's field and the warp; D
-  on real and fake), relative to medi2i's step (losses' extra work, clipping and its statistics,
-  gradient shares, the finite check, optimisers, EMA, Python);
-* **the cost of the method**: each mode's step time over G's;
+  runs the mode's network passes forward and backward on the same batch (G; R's field and the
+  warp; D on real and fake for D's update, then D on G's output - and on the warped output for
+  feature matching - for G's), relative to medi2i's step (losses' extra work, clipping and its
+  statistics, gradient shares, the finite check, optimisers, EMA, Python);
+* **the cost of the method**: each mode's step time over G's, and over a whole run of the base
+  config's phases (the demo trains G+R for three quarters of the run and G+R+D for the last
+  quarter, so a run's training steps cost the phases' epoch-weighted mean of their modes' ratios);
 * **a plain reference**: the same G and D trained by a minimal pix2pix loop written here (L1 +
   LSGAN, conditional D, Adam, no EMA, no R, no statistics); medi2i's G+D step over it;
 * **the data pipeline**: training images per second the loader delivers with the config's
   worker count, over what the G+R+D step consumes.
 
-Timings are taken with no other load on the machine (``load_average_1min_at_start`` in the
-JSON says how quiet it was). Usage::
+Timings are interleaved: every timed thing (each mode's step, its bare step, the reference, the
+matmul) runs once per round, in an order rotated each round, and each ratio (a mode over G, a
+step over its bare step, GFLOP/s over the matmul rate) is the median of its per-round ratios. A
+machine whose speed drifts by tens of percent over minutes (shared or throttled CPUs) then moves
+both sides of a ratio alike. Take the timings with no other load on the machine all the same
+(``load_average_1min_at_start`` in the JSON says how quiet it was). Usage::
 
     python benchmarks/bench_step.py                      # ~4 minutes on 2 cores
     python benchmarks/bench_step.py --quick              # tiny crops, a few steps: seconds
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import logging
 import statistics
 import tempfile
@@ -48,6 +56,7 @@ from _common import machine_info, sync, write_report
 from medi2i.config import load_config
 from medi2i.models import build_discriminator, build_generator, warp
 from medi2i.training.distributed import DistContext
+from medi2i.training.phases import Phase, plan_phases
 from medi2i.training.trainer import Trainer
 from medi2i.utils.log import setup_logging
 
@@ -74,27 +83,54 @@ COMMON = (
 QUICK = ("data.crop_size=32", "data.batch_size=2")
 
 MATMUL_SIZE = 1024
+MATMUL_REPEATS = 4
 
 
-def _median_seconds(fn: Callable[[], Any], warmup: int, repeats: int, device) -> list[float]:
-    for _ in range(warmup):
-        fn()
+def _timed(fn: Callable[[], Any], device: torch.device) -> float:
     sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def interleaved_seconds(
+    fns: dict[str, Callable[[], Any]], warmup: int, rounds: int, device: torch.device
+) -> dict[str, list[float]]:
+    """Seconds of each callable, once per round, in an order rotated every round.
+
+    Round ``r`` starts at the ``r``-th callable (modulo their number), so none always runs
+    first or after the same neighbour, and a slow drift of the machine's speed reaches every
+    callable's round-``r`` time alike: ratios are best taken round by round
+    (:func:`median_ratio`).
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            times[name].append(_timed(fns[name], device))
     return times
 
 
-def matmul_gflops(device: torch.device, repeats: int = 10) -> float:
-    """The machine's fp32 matrix-multiply rate with the current threads (median, GFLOP/s)."""
+def median_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """Median of the round-by-round ratios of two interleaved series."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
+
+
+def _matmul(device: torch.device) -> tuple[Callable[[], Any], float]:
+    """A callable of ``MATMUL_REPEATS`` fp32 matrix products and their FLOPs."""
     a = torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=device)
     b = torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=device)
-    seconds = statistics.median(_median_seconds(lambda: a @ b, 3, repeats, device))
-    return 2 * MATMUL_SIZE**3 / seconds / 1e9
+
+    def run() -> None:
+        for _ in range(MATMUL_REPEATS):
+            torch.mm(a, b)
+
+    return run, 2.0 * MATMUL_SIZE**3 * MATMUL_REPEATS
 
 
 def _batches(trainer: Trainer, count: int) -> list[dict]:
@@ -108,24 +144,44 @@ def _batches(trainer: Trainer, count: int) -> list[dict]:
 
 
 def _bare_step(trainer: Trainer, batch: dict) -> Callable[[], None]:
-    """The mode's networks forward and backward on ``batch``, nothing else."""
+    """The mode's network passes forward and backward on ``batch``, nothing else.
+
+    The passes are the training step's: G; R's field and the warp; with D, D's update pass on
+    the target and G's output (detached), then G's pass through a frozen D on G's output - and
+    on the warped output when feature matching compares D's features in the target's frame.
+    """
     device = trainer.device
     x, y, mask = (batch[k].to(device) for k in ("input", "target", "mask"))
-    nets = [trainer.G] + ([trainer.D] if trainer.D is not None else [])
+    g, d = trainer.G, trainer.D
+    nets = [g] + ([d] if d is not None else [])
+    fm_in_target_frame = (
+        trainer.R is not None
+        and not trainer.d_in_target_frame
+        and trainer.cfg.loss.feat_match_weight > 0
+    )
+
+    def d_score(images: list[torch.Tensor]) -> torch.Tensor:
+        cond = torch.cat([x] * len(images)) if trainer.d_conditional else None
+        return sum(logits.square().mean() for logits, _ in d(torch.cat(images), cond))
 
     def step() -> None:
         for net in nets:
             net.zero_grad(set_to_none=True)
-        y_hat = trainer.G(x)
+        y_hat = g(x)
         pred = y_hat
         if trainer.R is not None:
-            field = trainer.R(y_hat, y) if trainer.r_learnt else trainer.R(y_hat.detach(), y, mask)
-            pred = warp(y_hat, field)
+            # a fitted R registers a detached copy; a learnt R reads G's output with its graph
+            fitted = not trainer.r_learnt
+            pred = warp(
+                y_hat, trainer.R(y_hat.detach(), y, mask) if fitted else trainer.R(y_hat, y)
+            )
         loss = (pred - y).abs().mean()
-        if trainer.D is not None:
-            cond = torch.cat([x, x]) if trainer.d_conditional else None
-            for logits, _ in trainer.D(torch.cat([y, y_hat]), cond):
-                loss = loss + logits.square().mean()
+        if d is not None:
+            judged = pred if trainer.d_in_target_frame else y_hat
+            d_score([y, judged.detach()]).backward()
+            d.requires_grad_(False)
+            loss = loss + d_score([judged, pred] if fm_in_target_frame else [judged])
+            d.requires_grad_(True)
         loss.backward()
 
     return step
@@ -160,44 +216,69 @@ def _reference_step(trainer: Trainer, batch: dict) -> Callable[[], None]:
     return step
 
 
-def measure_mode(
+def prepare_mode(
     name: str, overrides: list[str], args: argparse.Namespace, run_root: Path
-) -> dict[str, Any]:
-    """Step time, FLOPs, overhead and (for G+D) the pix2pix reference of one mode."""
+) -> tuple[Trainer, dict[str, int], dict[str, Callable[[], Any]]]:
+    """One mode's trainer, its images and FLOPs per step, and what the benchmark times of it:
+    ``step`` (medi2i's training step, on the next of the batches loaded beforehand), ``bare``
+    (:func:`_bare_step`) and, for G+D, ``reference`` (:func:`_reference_step`)."""
     cfg = load_config(args.config, [*overrides, *MODES[name]])
     trainer = Trainer(cfg, run_root / name, DistContext())
     batches = _batches(trainer, args.warmup + args.steps + 1)
-    images = batches[0]["input"].shape[0]
     counter = FlopCounterMode(display=False)
     with counter:
         trainer.train_step(batches[0])
-    flops = counter.get_total_flops()
-    queue = iter(batches[1:])
-    times = _median_seconds(
-        lambda: trainer.train_step(next(queue)), args.warmup, args.steps, trainer.device
-    )
-    step_s = statistics.median(times)
-    bare_s = statistics.median(
-        _median_seconds(_bare_step(trainer, batches[0]), 2, args.steps, trainer.device)
-    )
+    queue = itertools.cycle(batches[1:])
+    fns = {"step": lambda: trainer.train_step(next(queue)), "bare": _bare_step(trainer, batches[0])}
+    if name == "G+D":
+        fns["reference"] = _reference_step(trainer, batches[0])
+    info = {"images": batches[0]["input"].shape[0], "flops": counter.get_total_flops()}
+    return trainer, info, fns
+
+
+def summarise_mode(
+    name: str, info: dict[str, int], times: dict[str, list[float]], matmul_flops: float
+) -> dict[str, Any]:
+    """A mode's figures from the interleaved times; every ratio is a median of per-round ones."""
+    step, bare = times[f"{name}/step"], times[f"{name}/bare"]
+    step_s, flops, images = statistics.median(step), info["flops"], info["images"]
     result: dict[str, Any] = {
         "images_per_step": images,
         "step_seconds_median": step_s,
-        "step_seconds": times,
+        "step_seconds": step,
         "images_per_second": images / step_s,
         "gflop_per_image": flops / images / 1e9,
         "achieved_gflops": flops / step_s / 1e9,
-        "bare_network_step_seconds": bare_s,
-        "outside_networks_share": max(0.0, 1.0 - bare_s / step_s),
+        # the step's GFLOP/s over the matmul's of the same round
+        "roofline_share": median_ratio(times["matmul"], step) * flops / matmul_flops,
+        "bare_network_step_seconds": statistics.median(bare),
+        "outside_networks_share": max(0.0, 1.0 - median_ratio(bare, step)),
     }
-    if name == "G+D":
-        ref = statistics.median(
-            _median_seconds(_reference_step(trainer, batches[0]), 2, args.steps, trainer.device)
-        )
-        result["pix2pix_reference_step_seconds"] = ref
-        result["ratio_to_pix2pix_reference"] = step_s / ref
-    trainer.logger.close()
+    if "G/step" in times:
+        result["step_over_G"] = median_ratio(step, times["G/step"])
+    if f"{name}/reference" in times:
+        result["pix2pix_reference_step_seconds"] = statistics.median(times[f"{name}/reference"])
+        result["ratio_to_pix2pix_reference"] = median_ratio(step, times[f"{name}/reference"])
     return result
+
+
+def schedule_cost(modes: dict[str, dict], phases: tuple[Phase, ...]) -> dict[str, Any] | None:
+    """A run's training-step time over G's when it trains in ``phases``.
+
+    Every epoch has the same number of steps, so the run's ratio is the mean of its phases'
+    mode ratios (``step_over_G``) weighted by their epochs. None when a phase's mode was not
+    measured.
+    """
+    parts, ratio = [], 0.0
+    total = sum(phase.end - phase.start for phase in phases)
+    for phase in phases:
+        name = "+".join(n for n in ("G", "R", "D") if n in phase)
+        if "step_over_G" not in modes.get(name, {}):
+            return None
+        share = (phase.end - phase.start) / total
+        ratio += share * modes[name]["step_over_G"]
+        parts.append({"mode": name, "epochs": [phase.start + 1, phase.end], "share": share})
+    return {"phases": parts, "step_over_G": ratio}
 
 
 def measure_data(args: argparse.Namespace, overrides: list[str], run_root: Path) -> dict:
@@ -236,7 +317,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", default=str(REPO / "runs" / "benchmark"), help="data.root")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per mode")
+    parser.add_argument(
+        "--steps", type=int, default=10, help="timed rounds: one step of each mode per round"
+    )
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--quick", action="store_true", help="tiny crops and batches")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default all)")
@@ -259,22 +342,29 @@ def main(argv: list[str] | None = None) -> dict:
         "overrides": overrides,
         "steps": args.steps,
         "warmup": args.warmup,
-        "matmul_gflops": matmul_gflops(device),
         "modes": {},
     }
+    matmul, matmul_flops = _matmul(device)
+    fns: dict[str, Callable[[], Any]] = {"matmul": matmul}
     with tempfile.TemporaryDirectory(prefix="bench_step_") as tmp:
+        prepared = {}
         for name in args.modes:
-            logger.info("mode %s", name)
-            report["modes"][name] = measure_mode(name, overrides, args, Path(tmp))
+            logger.info("mode %s: building", name)
+            trainer, info, mode_fns = prepare_mode(name, overrides, args, Path(tmp))
+            prepared[name] = (trainer, info)
+            fns.update({f"{name}/{part}": fn for part, fn in mode_fns.items()})
+        logger.info("timing %d rounds of %s", args.steps, ", ".join(fns))
+        times = interleaved_seconds(fns, args.warmup, args.steps, device)
+        for name, (trainer, info) in prepared.items():
+            report["modes"][name] = summarise_mode(name, info, times, matmul_flops)
+            trainer.logger.close()
         report["data"] = measure_data(args, overrides, Path(tmp))
+    report["matmul_gflops"] = matmul_flops / statistics.median(times["matmul"]) / 1e9
     modes = report["modes"]
-    if "G" in modes:
-        for result in modes.values():
-            result["step_over_G"] = (
-                result["step_seconds_median"] / modes["G"]["step_seconds_median"]
-            )
-    for result in modes.values():
-        result["roofline_share"] = result["achieved_gflops"] / report["matmul_gflops"]
+    # the phases as the base config plans them: the same overrides, without COMMON's
+    # phases=null that lets every timed step train every network
+    base = load_config(args.config, [f"data.root={args.data}", *args.overrides])
+    report["schedule"] = schedule_cost(modes, plan_phases(base))
     if "G+R+D" in modes:
         report["data"]["over_training_consumption"] = (
             report["data"]["images_per_second"] / modes["G+R+D"]["images_per_second"]
@@ -309,6 +399,12 @@ def format_table(report: dict) -> str:
             f"\nG+D step / minimal pix2pix step (same G and D): "
             f"{gd['ratio_to_pix2pix_reference']:.2f}"
         )
+    schedule = report.get("schedule")
+    if schedule and len(schedule["phases"]) > 1:
+        plan = ", ".join(
+            f"{p['mode']} epochs {p['epochs'][0]}-{p['epochs'][1]}" for p in schedule["phases"]
+        )
+        lines.append(f"a run of the config's phases ({plan}): {schedule['step_over_G']:.2f} x G")
     data = report.get("data", {})
     if data:
         extra = data.get("over_training_consumption")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import load_benchmark
 
@@ -42,3 +44,41 @@ def test_step_benchmark_reports_every_mode(bench, dataset_root, tmp_path):
     assert gd["ratio_to_pix2pix_reference"] > 0
     assert report["data"]["images_per_second"] > 0
     assert "| G+D |" in bench.format_table(report)
+
+
+def test_schedule_cost_weights_each_phase_by_its_epochs(bench):
+    from medi2i.config import load_config
+    from medi2i.training.phases import Phase, plan_phases
+
+    modes = {"G": {"step_over_G": 1.0}, "G+R": {"step_over_G": 1.1}}
+    modes["G+R+D"] = {"step_over_G": 1.7}
+    # the demo's phases: G+R for 6 of 8 epochs, then D joins
+    demo = plan_phases(load_config(Path(__file__).parents[1] / "configs" / "demo.yaml"))
+    cost = bench.schedule_cost(modes, demo)
+    assert cost["step_over_G"] == pytest.approx(0.75 * 1.1 + 0.25 * 1.7)
+    assert [p["mode"] for p in cost["phases"]] == ["G+R", "G+R+D"]
+    assert cost["phases"][1]["epochs"] == [7, 8]
+    # the networks' listed order does not matter; one phase is that mode's own ratio
+    assert bench.schedule_cost(modes, (Phase(1, 0, 5, ("D", "G", "R")),))["step_over_G"] == 1.7
+    # a phase whose mode was not timed gives no figure rather than a wrong one
+    assert bench.schedule_cost({"G": {"step_over_G": 1.0}}, demo) is None
+
+
+def test_interleaved_timing_rotates_the_order_every_round(bench):
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    times = bench.interleaved_seconds(fns, warmup=1, rounds=4, device=torch.device("cpu"))
+    assert {name: len(t) for name, t in times.items()} == {"a": 4, "b": 4, "c": 4}
+    warm, timed = calls[:3], calls[3:]
+    assert warm == ["a", "b", "c"]
+    # round r starts at the r-th callable: none is always first or after the same neighbour
+    assert [timed[3 * r] for r in range(4)] == ["a", "b", "c", "a"]
+    assert timed[3:6] == ["b", "c", "a"]
+
+
+def test_ratios_are_taken_round_by_round(bench):
+    # the machine halves its speed after two rounds: a is always 2x b within a round
+    a, b = [2.0, 2.0, 4.0, 4.0, 4.0], [1.0, 1.0, 2.0, 2.0, 2.0]
+    assert bench.median_ratio(a, b) == pytest.approx(2.0)
+    with pytest.raises(ValueError):
+        bench.median_ratio([1.0], [1.0, 2.0])
