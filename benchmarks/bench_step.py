@@ -2,10 +2,11 @@
 
 For each mode (G, G+R, G+D, G+R+D) of the base config (``configs/demo.yaml``: the demo's crop,
 batch and networks) a real :class:`~medi2i.training.trainer.Trainer` is built on the benchmark's
-training split and its ``train_step`` timed on batches loaded beforehand (median of ``--steps``
-after ``--warmup``). Measured in the same run:
+training split and its ``train_step`` timed on batches loaded beforehand (``--steps`` timed
+rounds after ``--warmup``, medians). Measured in the same run:
 
-* **the machine's fp32 matmul GFLOP/s** (``torch.mm`` of 1024x1024 matrices, the same threads);
+* **the machine's fp32 matmul GFLOP/s** (``torch.mm`` of 1024x1024 matrices, the same
+  threads, timed in every round);
 * **FLOPs per image** of each mode's step (``torch.utils.flop_counter``: the convolutions and
   matrix products of the whole step, forward and backward; element-wise work such as the warp,
   the losses' filters and the fitted R's updates is not counted) and the GFLOP/s the step
