@@ -31,7 +31,7 @@ machine whose speed drifts by tens of percent over minutes (shared or throttled 
 both sides of a ratio alike. Take the timings with no other load on the machine all the same
 (``load_average_1min_at_start`` in the JSON says how quiet it was). Usage::
 
-    python benchmarks/bench_step.py                      # ~4 minutes on 2 cores
+    python benchmarks/bench_step.py                      # about 2 minutes on 2 cores
     python benchmarks/bench_step.py --quick              # tiny crops, a few steps: seconds
     python benchmarks/bench_step.py --set data.crop_size=256 --out benchmarks/results/s256.json
 """
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--steps", type=int, default=10, help="timed rounds: one step of each mode per round"
     )
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
     parser.add_argument("--quick", action="store_true", help="tiny crops and batches")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default all)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/step.json")
