@@ -180,9 +180,9 @@ def _bare_step(trainer: Trainer, batch: dict) -> Callable[[], None]:
         if d is not None:
             judged = pred if trainer.d_in_target_frame else y_hat
             d_score([y, judged.detach()]).backward()
-            d.requires_grad_(False)
+            d.requires_grad_(False).eval()  # as the G step calls it: no power iteration
             loss = loss + d_score([judged, pred] if fm_in_target_frame else [judged])
-            d.requires_grad_(True)
+            d.requires_grad_(True).train()
         loss.backward()
 
     return step
