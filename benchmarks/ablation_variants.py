@@ -26,8 +26,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from _ablation_analysis import ok_runs, paired_difference
+from _ablation_report import diff_cell
 from _common import write_report
-from bench_ablation import ci_excludes_zero, diff_cell, ok_runs, paired_difference, t_interval
+from _stats import ci_excludes_zero, t_interval
 
 #: Columns of the table: metric, label, higher is better.
 COLUMNS: tuple[tuple[str, str, bool], ...] = (

@@ -1,4 +1,4 @@
-"""The pure parts of benchmarks/bench_ablation.py: plan, statistics, floors (no training)."""
+"""The pure parts of the ablation benchmark: plan, statistics, floors, report (no training)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,21 @@ from conftest import load_benchmark
 @pytest.fixture(scope="module")
 def ab():
     return load_benchmark("bench_ablation")
+
+
+@pytest.fixture(scope="module")
+def st():
+    return load_benchmark("_stats")
+
+
+@pytest.fixture(scope="module")
+def an():
+    return load_benchmark("_ablation_analysis")
+
+
+@pytest.fixture(scope="module")
+def rep():
+    return load_benchmark("_ablation_report")
 
 
 def record(ab, arm, seed, psnr, hfen, *, d=None, names=("a", "b", "c")):
@@ -38,17 +53,42 @@ def record(ab, arm, seed, psnr, hfen, *, d=None, names=("a", "b", "c")):
     }
 
 
-def test_t_interval_matches_scipy(ab):
+def test_t_interval_matches_scipy(st):
     values = [30.1, 30.9, 31.4, 29.8]
-    got = ab.t_interval(values)
+    got = st.t_interval(values)
     lo, hi = sps.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=sps.sem(values))
     assert got["n"] == 4
     assert got["mean"] == pytest.approx(np.mean(values))
     assert got["ci_low"] == pytest.approx(lo)
     assert got["ci_high"] == pytest.approx(hi)
-    one = ab.t_interval([3.0, None, float("nan")])
+    one = st.t_interval([3.0, None, float("nan")])
     assert one == {"n": 1, "mean": 3.0, "std": None, "ci_low": None, "ci_high": None}
-    assert ab.t_interval([])["mean"] is None
+    assert st.t_interval([])["mean"] is None
+
+
+def test_ratio_interval_is_fieller(st):
+    # Fieller's interval is where the paired t-test of a - r b stops rejecting zero: at each
+    # end scipy's one-sample t-test gives exactly the 5% level, inside it more, outside less.
+    gains = [0.82, 0.57, 0.60, 0.95, 0.41]
+    gaps = [1.19, 1.94, 1.02, 1.55, 1.31]
+    got = st.ratio_interval(gains, gaps)
+    assert got["n"] == 5 and got["bounded"] is True
+    assert got["value"] == pytest.approx(np.mean(gains) / np.mean(gaps))
+    a, b = np.asarray(gains), np.asarray(gaps)
+    for end in (got["ci_low"], got["ci_high"]):
+        assert sps.ttest_1samp(a - end * b, 0.0).pvalue == pytest.approx(0.05, abs=1e-9)
+    assert sps.ttest_1samp(a - got["value"] * b, 0.0).pvalue == pytest.approx(1.0)
+    for outside in (got["ci_low"] - 0.01, got["ci_high"] + 0.01):
+        assert sps.ttest_1samp(a - outside * b, 0.0).pvalue < 0.05
+    # skewed: the ratio's interval is not symmetric about the estimate
+    assert got["ci_high"] - got["value"] != pytest.approx(got["value"] - got["ci_low"], rel=0.01)
+    # a denominator that does not differ from zero cannot bound the ratio
+    loose = st.ratio_interval([0.5, 0.4, 0.6, 0.5], [1.0, -0.9, 0.6, -0.5])
+    assert loose["bounded"] is False and loose["ci_low"] is None and loose["value"] is not None
+    # incomplete pairs are left out; one pair gives the ratio without an interval
+    one = st.ratio_interval([0.5, None, float("nan")], [2.0, 1.0, 1.0])
+    assert one == {"n": 1, "value": 0.25, "ci_low": None, "ci_high": None, "bounded": False}
+    assert st.ratio_interval([], [])["value"] is None
 
 
 def test_plan_arms_seeds_and_override_order(ab):
@@ -134,28 +174,28 @@ def synthetic_records(ab, *, seeds=(0, 1, 2)):
     return recs
 
 
-def test_paired_differences(ab):
+def test_paired_differences(ab, an, st):
     runs = ab.ok_runs(synthetic_records(ab))
     assert sorted(runs["G"]) == [0, 1, 2]  # the failed run is left out
-    diff = ab.paired_difference(runs, "G+R", "G", "psnr_mask")
+    diff = an.paired_difference(runs, "G+R", "G", "psnr_mask")
     per_seed = [2.5 + 0.02 * s for s in range(3)]
     assert diff["seeds"] == [0, 1, 2]
     assert diff["per_seed"] == pytest.approx(per_seed)
-    expected = ab.t_interval(per_seed)
+    expected = st.t_interval(per_seed)
     assert diff["ci_low"] == pytest.approx(expected["ci_low"])
-    hfen = ab.paired_difference(runs, "G+R+D", "G+R", "hfen_mask")
+    hfen = an.paired_difference(runs, "G+R+D", "G+R", "hfen_mask")
     rel = [100 * (0.40 + 0.001 * s - 0.45) / 0.45 for s in range(3)]
     assert hfen["relative_pct"]["mean"] == pytest.approx(np.mean(rel))
     assert "relative_pct" not in diff
-    oracle = ab.paired_difference(runs, "oracle", "G", "psnr_mask")
+    oracle = an.paired_difference(runs, "oracle", "G", "psnr_mask")
     assert oracle["seeds"] == [0] and oracle["mean"] == pytest.approx(4.0)
     assert oracle["ci_low"] is None
-    boot = ab.image_paired_bootstrap(runs, "G+R", "G", "psnr_mask", resamples=200)
+    boot = an.image_paired_bootstrap(runs, "G+R", "G", "psnr_mask", resamples=200)
     assert boot["n_images"] == 3 and boot["seeds"] == 3
     assert boot["mean"] == pytest.approx(np.mean(per_seed))
     assert boot["ci_low"] <= boot["mean"] <= boot["ci_high"]
-    assert ab.image_paired_bootstrap(runs, "G+R", "missing", "psnr_mask") is None
-    assert ab.relative_pct(1.0, 0.0) is None
+    assert an.image_paired_bootstrap(runs, "G+R", "missing", "psnr_mask") is None
+    assert st.relative_pct(1.0, 0.0) is None
 
 
 def test_floors_and_share(ab):
@@ -167,6 +207,9 @@ def test_floors_and_share(ab):
     share = result["r_share"]
     g, gr = np.mean([30.0, 30.1, 30.2]), np.mean([32.5, 32.62, 32.74])
     assert share["value"] == pytest.approx((gr - g) / (34.0 - g))
+    # one oracle seed: the paired share is that seed's ratio, with no interval
+    assert share["paired"]["seeds"] == [0] and share["paired"]["bounded"] is False
+    assert share["paired"]["value"] == pytest.approx((32.5 - 30.0) / (34.0 - 30.0))
     assert floors["R_works"]["pass"] is True
     gain = floors["R_works"]["checks"][0]
     assert gain["margin"] == pytest.approx(gr - g - 0.5)
@@ -186,6 +229,22 @@ def test_floors_and_share(ab):
         "G+D - G",
         "oracle - G",
     }
+
+
+def test_share_paired_over_the_seeds_every_arm_ran(ab, st, rep):
+    recs = synthetic_records(ab)
+    recs += [record(ab, "oracle", 1, 33.1, 0.3), record(ab, "oracle", 2, 34.6, 0.3)]
+    recs.append(record(ab, "oracle", 7, 40.0, 0.3))  # no G or G+R at seed 7: not paired
+    paired = ab.analyse(recs, resamples=50)["r_share"]["paired"]
+    assert paired["seeds"] == [0, 1, 2]
+    gains = [2.5 + 0.02 * s for s in range(3)]
+    gaps = [o - (30.0 + 0.1 * s) for s, o in enumerate((34.0, 33.1, 34.6))]
+    expected = st.ratio_interval(gains, gaps)
+    for key in ("value", "ci_low", "ci_high"):
+        assert paired[key] == pytest.approx(expected[key], rel=1e-12)
+    assert paired["bounded"] and paired["ci_low"] < paired["value"] < paired["ci_high"]
+    text = rep.share_interval_text(paired)
+    assert text.startswith("Paired by seed (0, 1, 2): ") and "Fieller interval [" in text
 
 
 def test_floors_fail_and_missing(ab):
@@ -211,16 +270,16 @@ def test_floors_fail_and_missing(ab):
     assert "no misalignment gap" in ab.analyse(flat, resamples=100)["r_share"]["reason"]
 
 
-def test_d_diagnostics_and_sweep(ab):
+def test_d_diagnostics_and_sweep(ab, an):
     epochs = [
         {"epoch": e, "train_D_real": 0.5 + 0.1 * e, "train_D_fake": 0.4, "train_D_acc": 0.6,
          "val_psnr_mask": 30 + e}
         for e in range(1, 5)
     ]  # fmt: skip
-    per_epoch, last = ab.d_diagnostics(epochs)
+    per_epoch, last = an.d_diagnostics(epochs)
     assert len(per_epoch) == 4 and last["epochs"] == [3, 4]
     assert last["D_gap_abs"] == pytest.approx(np.mean([0.4, 0.5]))
-    assert ab.d_diagnostics([{"epoch": 1, "val_psnr_mask": 30.0}])[1] is None
+    assert an.d_diagnostics([{"epoch": 1, "val_psnr_mask": 30.0}])[1] is None
     sweep = [
         {"group": "sweep", "arm": a, "px": p, "status": "ok", "metrics": {"psnr_mask": v}}
         for p, a, v in [(0, "G", 34.0), (0, "G+R", 33.9), (4, "G", 30.0), (4, "G+R", 32.0)]
@@ -241,14 +300,14 @@ def test_d_diagnostics_and_sweep(ab):
     ] == pytest.approx(0.5)  # the oracle is the ceiling when the sweep has no 0-px G
 
 
-def test_crop_window_and_markdown(ab):
+def test_crop_window_and_markdown(ab, rep):
     mask = np.zeros((128, 128), dtype=np.uint8)
     mask[30:90, 80:110] = 1  # lung in the image's right half
     mask[30:90, 10:40] = 1
-    top, left = ab.crop_window(mask, 32)
+    top, left = rep.crop_window(mask, 32)
     assert (top, left) == (29, 79)  # centred on rows 30-59 (the upper half), cols 80-109
-    assert ab.crop_window(np.zeros((64, 64)), 32) == (16, 16)
-    assert ab.crop_window(mask, 128) == (0, 0)
+    assert rep.crop_window(np.zeros((64, 64)), 32) == (16, 16)
+    assert rep.crop_window(mask, 128) == (0, 0)
     recs = synthetic_records(ab)
     for rec in recs:
         rec.setdefault("run_dir", f"x/{rec['arm']}-s{rec['seed']}")
