@@ -86,10 +86,11 @@ _PREDICT_PROBE = textwrap.dedent(
     from medi2i.data.io import read_image
     from medi2i.inference import Predictor
     imported = time.perf_counter()
-    run, tta, sources = sys.argv[1], sys.argv[4], sys.argv[6:]
+    run, tta, precision, sources = sys.argv[1], sys.argv[4], sys.argv[6], sys.argv[7:]
     size, tile, repeats = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[5])
     transforms = tta.split(",") if tta else None
-    predictor = Predictor.from_run(run, tile=tile or None, batch_size=1, tta=transforms)
+    predictor = Predictor.from_run(
+        run, tile=tile or None, batch_size=1, tta=transforms, precision=precision)
     loaded = time.perf_counter()
     images = []
     for source in sources:
@@ -122,6 +123,7 @@ def predict_probe(
     tile: int = 0,
     tta: str = "",
     repeats: int = 1,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Time :class:`medi2i.Predictor` as ``medi2i predict`` uses it, in a fresh process.
 
@@ -137,12 +139,13 @@ def predict_probe(
         tile: tile side (0: whole-image prediction, no tiling).
         tta: comma-separated TTA transforms ("" for none).
         repeats: predictions to time.
+        precision: G's precision (``fp32``, ``bf16``; see :class:`medi2i.Predictor`).
 
     Raises:
         RuntimeError: the probe failed (its stderr is in the message).
     """
     cmd = [sys.executable, "-c", _PREDICT_PROBE, str(run), str(size), str(tile), tta]
-    cmd += [str(repeats), *map(str, sources)]
+    cmd += [str(repeats), precision, *map(str, sources)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"prediction probe ({size} px, tile {tile}) failed:\n{done.stderr}")

@@ -9,7 +9,7 @@ import pytest
 from conftest import load_benchmark
 from tinydata import train_tiny_g_only
 
-pytestmark = pytest.mark.slow  # a tiny run and three fresh interpreter processes (about 20 s)
+pytestmark = pytest.mark.slow  # a tiny run and six fresh interpreter processes (about 30 s)
 
 
 def test_bench_predict_times_each_setting_in_a_fresh_process(dataset_root, tmp_path):
@@ -22,11 +22,13 @@ def test_bench_predict_times_each_setting_in_a_fresh_process(dataset_root, tmp_p
     )  # fmt: skip
     assert json.loads(out.read_text())["settings"] == report["settings"]
     rows = report["settings"]
-    assert [(r["size"], r["tta"]) for r in rows] == [
-        (32, "none"),
-        (32, "identity,vflip"),
-        (64, "none"),
-        (64, "identity,vflip"),
+    assert [(r["size"], r["tta"], r["precision"]) for r in rows] == [
+        (32, "none", "fp32"),
+        (32, "none", "bf16"),
+        (32, "identity,vflip", "fp32"),
+        (64, "none", "fp32"),
+        (64, "none", "bf16"),
+        (64, "identity,vflip", "fp32"),
     ]
     for row in rows:
         assert row["calls"] == 3 and row["finite"]

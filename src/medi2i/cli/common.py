@@ -59,6 +59,7 @@ def build_predictor(args: argparse.Namespace):
             batch_size=args.batch,
             input_window=getattr(args, "input_window", None),
             intensity_check=getattr(args, "intensity_check", "error"),
+            precision=getattr(args, "precision", "fp32"),
         )
     except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from exc

@@ -38,6 +38,7 @@ from medi2i.data.normalization import Window
 from medi2i.inference.loading import LoadedGenerator, Weights, load_generator
 from medi2i.inference.tiling import DEFAULT_TILE, check_tiling, tiled_apply
 from medi2i.inference.tta import TTATransform, parse_tta
+from medi2i.utils.precision import autocast, check_precision
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,15 @@ class Predictor:
         channels_last: run G on channels-last tensors (its weights are converted in place);
             ``None`` = on the CPU, where oneDNN's convolutions run faster that way (a 256 px
             image of the demo's G: 14-18% less time, outputs equal to 1e-5), off elsewhere.
+        precision: ``fp32`` (default: exact), ``bf16`` or ``fp16`` (GPU only): G's
+            convolutions under autocast in the reduced type, its output back in float32.
+            On a CPU with native bfloat16 (AVX512-BF16, AMX) bf16 about halves G's time;
+            measured on the benchmark's test split it moved lung PSNR by +0.02 dB for a
+            38.4 dB model and -0.03 dB for a 45.6 dB one (README, "Inference speed").
 
     Raises:
         ValueError: unknown TTA names, bad tiling settings, ``batch_size < 1``, a bad
-            ``input_window`` or ``intensity_check``.
+            ``input_window``, ``intensity_check`` or ``precision``.
     """
 
     def __init__(
@@ -89,6 +95,7 @@ class Predictor:
         input_window: Sequence[float] | None = None,
         intensity_check: str = "error",
         channels_last: bool | None = None,
+        precision: str = "fp32",
     ) -> None:
         check_tiling(tile, overlap)
         if int(batch_size) < 1:
@@ -132,6 +139,8 @@ class Predictor:
             self.device = torch.device(device)
             generator.to(self.device)
         generator.eval()
+        self.precision = precision
+        self.amp_dtype = check_precision(precision, self.device)
         if channels_last is None:
             channels_last = self.device.type == "cpu"
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -161,7 +170,8 @@ class Predictor:
             run_or_checkpoint: run directory or ``.pt`` file.
             weights: ``ema`` (default; what validation selected) or ``online``.
             device: where to run G.
-            **kwargs: ``tta``, ``tile``, ``overlap``, ``batch_size`` (see the class).
+            **kwargs: ``tta``, ``tile``, ``overlap``, ``batch_size``, ``precision``, ... (see
+                the class).
 
         Returns:
             The predictor.
@@ -190,6 +200,7 @@ class Predictor:
             "tile": self.tile,
             "overlap": self.overlap if self.tile is not None else None,
             "device": str(self.device),
+            "precision": self.precision,
             "input_window": None
             if self.input_window is None
             else [self.input_window.lo, self.input_window.hi],
@@ -200,8 +211,11 @@ class Predictor:
     # -- prediction ------------------------------------------------------------------------
 
     def _forward(self, x: Tensor) -> Tensor:
-        """G on one batch, in G's memory format; a plain contiguous tensor back."""
-        return self.generator(x.contiguous(memory_format=self.memory_format)).contiguous()
+        """G on one batch, in G's memory format and precision; a plain contiguous float32
+        tensor back."""
+        with autocast(self.device.type, self.amp_dtype):
+            out = self.generator(x.contiguous(memory_format=self.memory_format))
+        return out.float().contiguous()
 
     def _run_generator(self, x: Tensor) -> Tensor:
         """G on a batch, in chunks of ``batch_size``, tiled when asked."""

@@ -1,19 +1,10 @@
-"""Moving batches to the training device and mixed-precision contexts, one of each."""
+"""Moving batches to the training device."""
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
-__all__ = ["autocast", "batch_tensor"]
-
-
-def autocast(device_type: str, dtype: torch.dtype | None):
-    """``torch.autocast`` to ``dtype`` on ``device_type``, or a no-op context when ``None``."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type, dtype=dtype)
+__all__ = ["batch_tensor"]
 
 
 def batch_tensor(

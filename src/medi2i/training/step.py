@@ -73,8 +73,9 @@ from medi2i.run.scalars import (
     clip_rate_key,
     grad_norm_key,
 )
-from medi2i.training.device import autocast, batch_tensor
+from medi2i.training.device import batch_tensor
 from medi2i.training.distributed import unwrap_model
+from medi2i.utils.precision import autocast
 
 log = logging.getLogger(__name__)
 

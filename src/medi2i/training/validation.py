@@ -17,8 +17,9 @@ from torch.utils.data import DataLoader
 from medi2i.losses.adversarial import DECISION_THRESHOLDS
 from medi2i.metrics import compute_metrics, reference_key
 from medi2i.run.scalars import D_ACC, D_FAKE, D_GAP, D_REAL
-from medi2i.training.device import autocast, batch_tensor
+from medi2i.training.device import batch_tensor
 from medi2i.training.distributed import DistContext, all_reduce_sum
+from medi2i.utils.precision import autocast
 
 log = logging.getLogger(__name__)
 
