@@ -22,7 +22,10 @@ rounds after ``--warmup``, medians). Measured in the same run:
 * **a plain reference**: the same G and D trained by a minimal pix2pix loop written here (L1 +
   LSGAN, conditional D, Adam, no EMA, no R, no statistics); medi2i's G+D step over it;
 * **the data pipeline**: training images per second the loader delivers with the config's
-  worker count, over what the G+R+D step consumes.
+  worker count, over what the G+R+D step consumes;
+* **an option's effect** (``--variant K=V``, repeatable): each mode's step is also built with
+  those overrides and timed in the same rounds; its time over the base step's (an A/B that
+  survives the machine's drift, e.g. ``--variant train.amp=bf16``).
 
 Timings are interleaved: every timed thing (each mode's step, its bare step, the reference, the
 matmul) runs once per round, in an order rotated each round, and each ratio (a mode over G, a
@@ -34,6 +37,7 @@ both sides of a ratio alike. Take the timings with no other load on the machine 
     python benchmarks/bench_step.py                      # about 2 minutes on 2 cores
     python benchmarks/bench_step.py --quick              # tiny crops, a few steps: seconds
     python benchmarks/bench_step.py --set data.crop_size=256 --out benchmarks/results/s256.json
+    python benchmarks/bench_step.py --modes G G+R+D --variant train.amp=bf16
 """
 
 from __future__ import annotations
@@ -257,6 +261,9 @@ def summarise_mode(
     }
     if "G/step" in times:
         result["step_over_G"] = median_ratio(step, times["G/step"])
+    if f"{name}/variant" in times:
+        result["variant_step_seconds_median"] = statistics.median(times[f"{name}/variant"])
+        result["variant_over_step"] = median_ratio(times[f"{name}/variant"], step)
     if f"{name}/reference" in times:
         result["pix2pix_reference_step_seconds"] = statistics.median(times[f"{name}/reference"])
         result["ratio_to_pix2pix_reference"] = median_ratio(step, times[f"{name}/reference"])
@@ -322,6 +329,14 @@ def main(argv: list[str] | None = None) -> dict:
         "--steps", type=int, default=10, help="timed rounds: one step of each mode per round"
     )
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
+    parser.add_argument(
+        "--variant",
+        dest="variant",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="also time each mode's step with these overrides, in the same rounds (A/B)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny crops and batches")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default all)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/step.json")
@@ -343,6 +358,7 @@ def main(argv: list[str] | None = None) -> dict:
         "overrides": overrides,
         "steps": args.steps,
         "warmup": args.warmup,
+        "variant": args.variant,
         "modes": {},
     }
     matmul, matmul_flops = _matmul(device)
@@ -354,10 +370,21 @@ def main(argv: list[str] | None = None) -> dict:
             trainer, info, mode_fns = prepare_mode(name, overrides, args, Path(tmp))
             prepared[name] = (trainer, info)
             fns.update({f"{name}/{part}": fn for part, fn in mode_fns.items()})
+            if args.variant:
+                logger.info("mode %s: building the variant %s", name, " ".join(args.variant))
+                other, other_info, other_fns = prepare_mode(
+                    name, [*overrides, *args.variant], args, Path(tmp) / "variant"
+                )
+                prepared[f"{name}/variant"] = (other, other_info)
+                fns[f"{name}/variant"] = other_fns["step"]
         logger.info("timing %d rounds of %s", args.steps, ", ".join(fns))
         times = interleaved_seconds(fns, args.warmup, args.steps, device)
         for name, (trainer, info) in prepared.items():
-            report["modes"][name] = summarise_mode(name, info, times, matmul_flops)
+            if name.endswith("/variant"):
+                mode = report["modes"][name.split("/")[0]]
+                mode["variant_images_per_step"] = info["images"]
+            else:
+                report["modes"][name] = summarise_mode(name, info, times, matmul_flops)
             trainer.logger.close()
         report["data"] = measure_data(args, overrides, Path(tmp))
     report["matmul_gflops"] = matmul_flops / statistics.median(times["matmul"]) / 1e9
@@ -394,6 +421,14 @@ def format_table(report: dict) -> str:
             f"{100 * m['roofline_share']:.0f}% | {100 * m['outside_networks_share']:.0f}% | "
             f"{'' if over_g is None else f'{over_g:.2f}'} |"
         )
+    if report.get("variant"):
+        variant = " ".join(report["variant"])
+        lines.append("")
+        for name, m in report["modes"].items():
+            lines.append(
+                f"{name} with {variant}: {m['variant_step_seconds_median']:.3f} s/step, "
+                f"{m['variant_over_step']:.2f} x the base step"
+            )
     gd = report["modes"].get("G+D", {})
     if "ratio_to_pix2pix_reference" in gd:
         lines.append(

@@ -46,6 +46,20 @@ def test_step_benchmark_reports_every_mode(bench, dataset_root, tmp_path):
     assert "| G+D |" in bench.format_table(report)
 
 
+def test_a_variant_is_timed_in_the_same_rounds_with_its_own_overrides(
+    bench, dataset_root, tmp_path
+):
+    args = ["--quick", "--data", str(dataset_root), "--steps", "2", "--warmup", "0"]
+    args += ["--modes", "G", "--variant", "data.batch_size=1", "--out", str(tmp_path / "s.json")]
+    report = bench.main(args)
+    g = report["modes"]["G"]
+    # the variant's trainer got its overrides (batch 1 against the quick base's 2)
+    assert g["images_per_step"] == 2 and g["variant_images_per_step"] == 1
+    assert g["variant_step_seconds_median"] > 0 and g["variant_over_step"] > 0
+    assert report["variant"] == ["data.batch_size=1"]
+    assert "G with data.batch_size=1:" in bench.format_table(report)
+
+
 def test_schedule_cost_weights_each_phase_by_its_epochs(bench):
     from medi2i.config import load_config
     from medi2i.training.phases import Phase, plan_phases
