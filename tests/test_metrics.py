@@ -16,7 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from medi2i import metrics as M
-from medi2i.metrics.maps import laplacian_of_gaussian
+from medi2i.metrics.maps import laplacian_of_gaussian, ssim_and_cs
 
 SHAPES = [(48, 40), (40, 48), (33, 57)]
 DETAIL_KEYS = ("hfen", "gmsd")
@@ -115,6 +115,30 @@ def test_ms_ssim_matches_pytorch_msssim(shape):
     # its window in float32), and float32 sums over 176^2 pixels move by ~1e-6 more with the
     # thread count: 2e-5 is the agreement both reach on one or two threads.
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=0)
+
+
+def test_ssim_maps_and_their_gradient_equal_monai_on_a_batch_of_channels():
+    # one separable depthwise filter of the five maps against MONAI's full 11x11 window per
+    # map: the same maps to float32 rounding (variance = E[x^2] - E[x]^2 cancels digits: MONAI's
+    # own float32 maps are 2e-5 from a float64 computation, ours 7e-6), and the same gradient
+    # (the loss uses it)
+    from monai.metrics.regression import compute_ssim_and_cs
+
+    rng = np.random.default_rng(3)
+    target = torch.tensor(np.stack([[_smooth((37, 45), s) for s in (1, 2)] for _ in range(3)]))
+    pred = (target + 0.05 * torch.tensor(rng.normal(size=target.shape))).float()
+    target = target.float()
+    ours_in, ref_in = pred.clone().requires_grad_(), pred.clone().requires_grad_()
+    ssim, cs = ssim_and_cs(ours_in, target, 2.0)
+    ref_ssim, ref_cs = compute_ssim_and_cs(
+        ref_in, target, 2, kernel_size=(11, 11), kernel_sigma=(1.5, 1.5), data_range=2.0
+    )
+    assert ssim.shape == ref_ssim.shape == (3, 2, 27, 35)
+    assert torch.allclose(ssim, ref_ssim, atol=5e-5, rtol=0)
+    assert torch.allclose(cs, ref_cs, atol=5e-5, rtol=0)
+    ssim.square().sum().backward()
+    ref_ssim.square().sum().backward()
+    assert torch.allclose(ours_in.grad, ref_in.grad, atol=1e-4, rtol=1e-3)
 
 
 def test_ms_ssim_small_images_use_fewer_scales(caplog):

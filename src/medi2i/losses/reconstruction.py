@@ -12,8 +12,8 @@ whatever the mask's size, so the loss does not jump when the lung is large or sm
 and every image in a batch counts the same.
 
 SSIM map and mask alignment. ``S`` is the *valid* SSIM map of
-:func:`medi2i.metrics.ssim_map` (Gaussian window 11 px, σ 1.5, computed by MONAI's
-``compute_ssim_and_cs``; differentiable). It is smaller than the image by the window's half-width
+:func:`medi2i.metrics.ssim_map` (Gaussian window 11 px, σ 1.5, MONAI's valid map computed with
+one separable filter; differentiable). It is smaller than the image by the window's half-width
 ``b = 5`` px on each side, and its pixel ``(i, j)`` is the SSIM of the window centred on image
 pixel ``(i + b, j + b)``. ``w'`` is therefore the pixel weight map *cropped* by ``b`` on each
 side (not pooled): each SSIM value is weighted by the weight of its window's centre pixel, the

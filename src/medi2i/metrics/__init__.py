@@ -48,7 +48,8 @@ Conventions:
   sigma=1.5, use_sample_covariance=False, data_range=...)``. skimage filters with reflect padding
   to a full-size map and then averages ``crop(S, (win − 1) // 2)``, i.e. it drops a 5 px border;
   with an 11-tap window the cropped pixels are exactly those whose window lies inside the image,
-  which is MONAI's *valid* map (:func:`monai.metrics.regression.compute_ssim_and_cs`). The
+  which is MONAI's *valid* map (``monai.metrics.regression.compute_ssim_and_cs``, computed here
+  with one separable filter: :func:`medi2i.metrics.maps.ssim_and_cs`). The
   masked SSIM averages that valid map inside the mask cropped by the same 5 px on every side
   (mask pixels within 5 px of the image border do not count), so ``ssim(mask=all ones) ==
   ssim()``. ``ssim_map(full=True)`` reproduces skimage's full reflect-padded map for display.
@@ -59,7 +60,8 @@ Conventions:
   the count of such images is logged at DEBUG level only (checking needs a device-to-host sync,
   so it is done only when DEBUG is enabled).
 * **Precision**: inputs are cast to float32 (half and bfloat16 up, float64 down: MONAI's SSIM
-  works in float32 anyway, so all metrics share one precision) and autocast is disabled inside.
+  is computed in float32, as MONAI's, so all metrics share one precision) and autocast is
+  disabled inside.
 * **No host syncs** in the torch path: no ``.item()``, no data-dependent Python branches, and
   every filter kernel is built on the input's device (no host-to-device copies).
 * **numpy**: every metric also accepts ``np.ndarray`` of shape (H, W), (N, H, W) or

@@ -68,7 +68,8 @@ def mae(pred: Tensor, target: Tensor, *, mask: Tensor | None = None) -> Tensor:
 def ssim_map(pred: Tensor, target: Tensor, *, data_range: float, full: bool = False) -> Tensor:
     """SSIM map (Gaussian window 11 px, σ 1.5, K1 0.01, K2 0.03, population covariances).
 
-    Computed by :func:`monai.metrics.regression.compute_ssim_and_cs`.
+    The valid map equals MONAI's ``compute_ssim_and_cs`` to float32 rounding
+    (:func:`medi2i.metrics.maps.ssim_and_cs`).
 
     Args:
         pred: prediction, (N, C, H, W) tensor (or numpy array), H and W at least 11.
@@ -128,7 +129,7 @@ def ms_ssim(pred: Tensor, target: Tensor, *, data_range: float) -> Tensor:
     """Multi-scale SSIM per image (higher is better), whole image only.
 
     Follows pytorch-msssim's ``ms_ssim`` (equal to it within float32 rounding on images
-    > 160 px): at each scale the valid SSIM/CS maps (MONAI), the mean CS clipped at 0 for the
+    > 160 px): at each scale the valid SSIM/CS maps, the mean CS clipped at 0 for the
     finer scales and the mean SSIM clipped at 0 for the coarsest, a 2x2 average pooling
     between scales (odd sizes zero-padded), the weighted product per channel, then the mean
     over channels. It is composed here rather than called because pytorch-msssim refuses

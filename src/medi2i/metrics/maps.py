@@ -1,8 +1,13 @@
 """Per-pixel maps, masked reductions and filters the metrics share.
 
-SSIM and contrast-structure maps (MONAI), LoG (scipy conventions), Prewitt gradients, and the
-per-image reductions inside a mask. Every kernel is built on the input's device, so nothing
-here copies from the host or syncs.
+SSIM and contrast-structure maps (MONAI's and skimage's conventions), LoG (scipy conventions),
+Prewitt gradients, and the per-image reductions inside a mask. Every kernel is built on the
+input's device, so nothing here copies from the host or syncs.
+
+Every filter is separable and runs as two depthwise 1-D convolutions over all images and
+channels at once (:func:`separable`): on the CPU, PyTorch's convolution of a single-channel
+batch falls back to a slow generic kernel, while a depthwise convolution takes oneDNN's path -
+about 10x faster forward and backward on a training batch, with identical results.
 """
 
 from __future__ import annotations
@@ -11,7 +16,6 @@ import logging
 
 import torch
 import torch.nn.functional as F
-from monai.metrics.regression import compute_ssim_and_cs
 from torch import Tensor
 
 from medi2i.metrics.checks import log_empty
@@ -83,32 +87,50 @@ def pad_symmetric(x: Tensor, pad: int) -> Tensor:
 
 
 def separable(x: Tensor, along_h: Tensor, along_w: Tensor) -> Tensor:
-    """Valid 2-D correlation of every channel with the outer product ``along_h ⊗ along_w``."""
+    """Valid 2-D correlation of every channel with the outer product ``along_h ⊗ along_w``.
+
+    The images and channels become the channels of one image, filtered depthwise (see the
+    module docstring for why).
+    """
     n, c, h, w = x.shape
-    y = x.reshape(n * c, 1, h, w)
-    y = F.conv2d(y, along_h.view(1, 1, -1, 1))
-    y = F.conv2d(y, along_w.view(1, 1, 1, -1))
+    groups = n * c
+    y = x.reshape(1, groups, h, w)
+    y = F.conv2d(y, along_h.view(1, 1, -1, 1).expand(groups, 1, -1, 1), groups=groups)
+    y = F.conv2d(y, along_w.view(1, 1, 1, -1).expand(groups, 1, 1, -1), groups=groups)
     return y.reshape(n, c, y.shape[-2], y.shape[-1])
 
 
-def ssim_and_cs(pred: Tensor, target: Tensor, data_range: float) -> tuple[Tensor, Tensor]:
-    """Valid-region SSIM and contrast-structure maps from MONAI.
+def gaussian_window(
+    size: int, sigma: float, device: torch.device, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Normalised 1-D Gaussian of ``size`` taps centred on the middle one (built on ``device``)."""
+    x = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2.0
+    gauss = torch.exp(-0.5 * (x / sigma) ** 2)
+    return gauss / gauss.sum()
 
-    MONAI builds its Gaussian window with tensor factories and then moves it to the input's
-    device; creating it under ``torch.device(...)`` builds it there directly, so no
-    host-to-device copy (a sync on CUDA) happens.
+
+def ssim_and_cs(pred: Tensor, target: Tensor, data_range: float) -> tuple[Tensor, Tensor]:
+    """Valid-region SSIM and contrast-structure maps (Wang et al. 2004).
+
+    The local means, variances and covariance are Gaussian-weighted (11 taps, σ 1.5, the
+    window of skimage's ``gaussian_weights=True`` and of MONAI's ``SSIMMetric``), over the
+    region where the window fits (each map is ``SSIM_BORDER`` px smaller on each side); the
+    five filtered maps go through one separable filter. Equal to MONAI's
+    ``compute_ssim_and_cs`` to float32 rounding (tested), which filters each map with the
+    full 11x11 window.
     """
-    with torch.device(pred.device):
-        return compute_ssim_and_cs(
-            pred,
-            target,
-            spatial_dims=2,
-            kernel_size=(SSIM_WIN_SIZE, SSIM_WIN_SIZE),
-            kernel_sigma=(SSIM_SIGMA, SSIM_SIGMA),
-            data_range=data_range,
-            k1=SSIM_K1,
-            k2=SSIM_K2,
-        )
+    window = gaussian_window(SSIM_WIN_SIZE, SSIM_SIGMA, pred.device, pred.dtype)
+    channels = pred.shape[1]
+    stack = torch.cat([pred, target, pred * pred, target * target, pred * target], dim=1)
+    mu_x, mu_y, mu_xx, mu_yy, mu_xy = separable(stack, window, window).split(channels, dim=1)
+    sigma_x = mu_xx - mu_x * mu_x
+    sigma_y = mu_yy - mu_y * mu_y
+    sigma_xy = mu_xy - mu_x * mu_y
+    c1 = (SSIM_K1 * data_range) ** 2
+    c2 = (SSIM_K2 * data_range) ** 2
+    cs = (2.0 * sigma_xy + c2) / (sigma_x + sigma_y + c2)
+    ssim = (2.0 * mu_x * mu_y + c1) / (mu_x * mu_x + mu_y * mu_y + c1) * cs
+    return ssim, cs
 
 
 def ms_ssim_values(pred: Tensor, target: Tensor, data_range: float) -> Tensor:
