@@ -5,9 +5,9 @@ Prewitt gradients, and the per-image reductions inside a mask. Every kernel is b
 input's device, so nothing here copies from the host or syncs.
 
 Every filter is separable and runs as two depthwise 1-D convolutions over all images and
-channels at once (:func:`separable`): on the CPU, PyTorch's convolution of a single-channel
-batch falls back to a slow generic kernel, while a depthwise convolution takes oneDNN's path -
-about 10x faster forward and backward on a training batch, with identical results.
+channels at once (:func:`separable`): on the CPU a batch of single-channel images convolved as
+such runs about 10x slower, forward and backward, than the same images as the channels of one
+depthwise convolution (measured on a training batch of 4 x 128 px), with identical results.
 """
 
 from __future__ import annotations
