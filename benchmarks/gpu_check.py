@@ -17,10 +17,12 @@ failure is recorded and the other parts still run):
   median below 1e-3 of the fp32 run's) while the fp32 run's are not. The first R1 step sees the
   same weights and batch in both runs, so their relative difference there is the precision's
   own effect.
-* ``predict`` - ``medi2i.Predictor`` on the fp32 run's checkpoint (else another trained run's):
-  start-up (checkpoint to a ready G on the device) apart from the per-image time (median after
-  a first, warm-up image) at 256x256, and one 2048x2048 image predicted in tiles (the default
-  tile), timed on its second pass. Inputs are test images resized in their stored units.
+* ``predict``, ``predict_bf16``, ``predict_fp16`` - ``medi2i.Predictor`` on the fp32 run's
+  checkpoint (else another trained run's) with G in fp32, bf16 and fp16 (``precision``; fp16
+  only on a GPU): start-up (checkpoint to a ready G on the device) apart from the per-image time
+  (median after a first, warm-up image) at 256x256, and one 2048x2048 image predicted in tiles
+  (the default tile), timed on its second pass. Inputs are test images resized in their stored
+  units.
 * ``ddp_1``, ``ddp_2`` - ``torchrun --standalone --nproc_per_node=N -m medi2i train`` in a
   subprocess on the same setup in the config's precision for ``--ddp-steps`` steps, passing
   when it exits 0 with its summary written and every logged loss finite; throughput is the
@@ -116,6 +118,8 @@ PART_ORDER = (
     "training_fp16",
     "r1_fp16",
     "predict",
+    "predict_bf16",
+    "predict_fp16",
     "ddp_1",
     "ddp_2",
 )
@@ -576,7 +580,13 @@ def _resized(image: np.ndarray, size: int) -> np.ndarray:
     return out[0, 0].numpy()
 
 
-def predict_part(run_dir: Path, data_root: Path, device: torch.device, sizes: Sizes) -> dict:
+PREDICT_PARTS = {"predict": "fp32", "predict_bf16": "bf16", "predict_fp16": "fp16"}
+"""The prediction parts and the precision G runs in (``Predictor(precision=...)``)."""
+
+
+def predict_part(
+    run_dir: Path, data_root: Path, device: torch.device, sizes: Sizes, precision: str = "fp32"
+) -> dict:
     """Predictor start-up, per-image time at the small size and one large tiled image."""
     from medi2i.data.io import read_image
     from medi2i.inference import Predictor
@@ -598,7 +608,9 @@ def predict_part(run_dir: Path, data_root: Path, device: torch.device, sizes: Si
     kwargs = {"tile": sizes.tile} if sizes.tile is not None else {}
     sync(device)
     start = time.perf_counter()
-    predictor = Predictor.from_run(run_dir, device=device, intensity_check="warn", **kwargs)
+    predictor = Predictor.from_run(
+        run_dir, device=device, intensity_check="warn", precision=precision, **kwargs
+    )
     sync(device)
     startup_s = time.perf_counter() - start
     problems: list[str] = []
@@ -625,6 +637,7 @@ def predict_part(run_dir: Path, data_root: Path, device: torch.device, sizes: Si
     record: dict[str, Any] = {
         "checkpoint": str(predictor.loaded.checkpoint),
         "device": str(device),
+        "precision": precision,
         "tile": predictor.tile,
         "overlap": predictor.overlap,
         "startup_s": startup_s,
@@ -763,7 +776,7 @@ def markdown(report: dict[str, Any]) -> str:
             ips = significant(part.get("images_per_s_logged"), 4, missing="")
             group = part["process_group"] or "no process group"
             notes = notes or f"{part['logged_rows']} steps in {part['wall_s']:.0f} s ({group})"
-        elif name == "predict" and part["status"] != SKIPPED:
+        elif name in PREDICT_PARTS and part["status"] != SKIPPED:
             ips = significant(part.get("images_per_s"), 4, missing="")
             mem = _gib(part.get("peak_memory_gib"))
             notes = notes or (
@@ -966,18 +979,21 @@ def run_checks(
 
     done("r1_fp16", r1_part(parts, args.r1_weight))
 
-    if (late := out_of_time()) is not None:
-        done("predict", late)
-    elif not trained:
-        done("predict", skipped("no training run left a checkpoint"))
-    else:
-        source = trained.get("training_fp32") or next(iter(trained.values()))
-        logger.info("predict: %s", source.name)
-        try:
-            done("predict", predict_part(source, Path(root), device, sizes))
-        except Exception as exc:
-            done("predict", failed(exc))
-        free_memory(device)
+    for name, precision in PREDICT_PARTS.items():
+        if precision == "fp16" and not cuda:
+            done(name, skipped("fp16 needs a GPU"))
+        elif (late := out_of_time()) is not None:
+            done(name, late)
+        elif not trained:
+            done(name, skipped("no training run left a checkpoint"))
+        else:
+            source = trained.get("training_fp32") or next(iter(trained.values()))
+            logger.info("%s: %s", name, source.name)
+            try:
+                done(name, predict_part(source, Path(root), device, sizes, precision))
+            except Exception as exc:
+                done(name, failed(exc))
+            free_memory(device)
 
     for nproc in (1, 2):
         name = f"ddp_{nproc}"

@@ -29,10 +29,20 @@ PARTS = (
     "training_fp16",
     "r1_fp16",
     "predict",
+    "predict_bf16",
+    "predict_fp16",
     "ddp_1",
     "ddp_2",
 )
-CPU_PARTS = ("data", "training_fp32", "training_bf16", "predict", "ddp_1", "ddp_2")
+CPU_PARTS = (
+    "data",
+    "training_fp32",
+    "training_bf16",
+    "predict",
+    "predict_bf16",
+    "ddp_1",
+    "ddp_2",
+)
 TRAIN_KEYS = (
     "steps",
     "step_s_median",
@@ -81,9 +91,12 @@ def test_dry_run_on_cpu_passes_every_cpu_part(tmp_path):
         assert part["peak_memory_gib"] is None  # a CUDA measure
         r1 = part["r1"]  # R1 is due at the first D step
         assert r1["count"] >= 1 and r1["finite"] == r1["count"] and r1["median"] > 0
-    predict = report["parts"]["predict"]
-    assert predict["images_per_s"] > 0 and predict["startup_s"] >= 0
-    assert predict["large_tiled"] is True and predict["large_s"] > 0
+    for name, precision in (("predict", "fp32"), ("predict_bf16", "bf16")):
+        predict = report["parts"][name]
+        assert predict["precision"] == precision
+        assert predict["images_per_s"] > 0 and predict["startup_s"] >= 0
+        assert predict["large_tiled"] is True and predict["large_s"] > 0
+    assert "fp16 needs a GPU" in report["parts"]["predict_fp16"]["reason"]
     assert report["parts"]["ddp_1"]["process_group"] is None
     assert report["parts"]["ddp_2"]["process_group"] == "gloo"
     for name in ("ddp_1", "ddp_2"):
