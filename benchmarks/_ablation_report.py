@@ -278,18 +278,22 @@ def markdown(report: dict[str, Any]) -> str:
         "img-boot: per-image paired bootstrap over the test images, pooled over shared seeds."
     )
 
-    share = report["r_share"]
     lines += ["", "## Floors", ""]
-    if share.get("value") is not None:
-        lines.append(
-            f"R's share of the misalignment gap: {100 * share['value']:.0f}% "
-            f"(G+R − G {share['gain_G_plus_R_dB']:+.2f} dB of oracle − G "
-            f"{share['gap_oracle_dB']:+.2f} dB)."
-        )
-        lines.append(share_interval_text(share.get("paired")))
-    else:
-        lines.append(f"R's share of the misalignment gap: n/a ({share.get('reason')}).")
-    lines.append("")
+    for key in ("r_share", "r_share_hfen"):
+        share = report.get(key)
+        if share is None:
+            continue
+        label = LABELS[share["metric"]]
+        if share.get("value") is not None:
+            lines.append(
+                f"R's share of the misalignment gap in {label}: {100 * share['value']:.0f}% "
+                f"(G+R − G {share['gain_G_plus_R']:+.3g} of oracle − G "
+                f"{share['gap_oracle']:+.3g})."
+            )
+            lines.append(share_interval_text(share.get("paired")))
+        else:
+            lines.append(f"R's share of the gap in {label}: n/a ({share.get('reason')}).")
+        lines.append("")
     verdict = {True: "PASS", False: "FAIL", None: "n/a"}
     for name, floor in report["floors"].items():
         if name == "D_informative":

@@ -245,6 +245,13 @@ def test_share_paired_over_the_seeds_every_arm_ran(ab, st, rep):
     assert paired["bounded"] and paired["ci_low"] < paired["value"] < paired["ci_high"]
     text = rep.share_interval_text(paired)
     assert text.startswith("Paired by seed (0, 1, 2): ") and "Fieller interval [" in text
+    # lower is better in HFEN: the ratio of two negative differences (G 0.50, G+R 0.45,
+    # oracle 0.30 on every seed but 7)
+    hfen = ab.analyse(recs, resamples=50)["r_share_hfen"]
+    assert hfen["metric"] == "hfen_mask" and hfen["paired"]["value"] == pytest.approx(0.25)
+    worse = [r for r in recs if r.get("arm") != "oracle"]
+    worse.append(record(ab, "oracle", 0, 34.0, 0.6))  # the oracle's HFEN above G's: no gap
+    assert "no misalignment gap" in ab.analyse(worse, resamples=50)["r_share_hfen"]["reason"]
 
 
 def test_floors_fail_and_missing(ab):
