@@ -294,6 +294,15 @@ def floors(
             value is not None and value >= R_SHARE,
         ),
     ]
+    paired = share.get("paired") or {}
+    if value is not None and paired.get("n", 0) >= 2:
+        if not paired.get("bounded"):
+            checks[1]["note"] = "the point estimate only: its seed interval is unbounded"
+        elif paired["ci_low"] < R_SHARE:
+            checks[1]["note"] = (
+                f"seed interval [{100 * paired['ci_low']:.0f}%, {100 * paired['ci_high']:.0f}%] "
+                f"includes the floor"
+            )
     out["R_works"] = {"pass": _all_pass(checks), "checks": checks}
 
     d_metrics = differences.get("G+R+D - G+R", {}).get("metrics", {})

@@ -243,6 +243,8 @@ def test_share_paired_over_the_seeds_every_arm_ran(ab, st, rep):
     for key in ("value", "ci_low", "ci_high"):
         assert paired[key] == pytest.approx(expected[key], rel=1e-12)
     assert paired["bounded"] and paired["ci_low"] < paired["value"] < paired["ci_high"]
+    note = ab.analyse(recs, resamples=50)["floors"]["R_works"]["checks"][1]["note"]
+    assert note.startswith("seed interval [") and note.endswith("includes the floor")
     text = rep.share_interval_text(paired)
     assert text.startswith("Paired by seed (0, 1, 2): ") and "Fieller interval [" in text
     # lower is better in HFEN: the ratio of two negative differences (G 0.50, G+R 0.45,
