@@ -338,6 +338,20 @@ def test_bf16_precision_runs_the_convolutions_in_bf16_and_returns_float32(tiny_r
     assert fast.describe()["precision"] == "bf16" and exact.describe()["precision"] == "fp32"
 
 
+def test_bf16_on_a_cpu_without_native_bfloat16_warns(loaded, monkeypatch, caplog):
+    import medi2i.utils.precision as precision
+
+    monkeypatch.setattr(precision, "_cpu_has_native_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="medi2i.utils.precision"):
+        Predictor(loaded, precision="bf16")
+    assert any("no native bfloat16" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    monkeypatch.setattr(precision, "_cpu_has_native_bf16", lambda: True)
+    with caplog.at_level(logging.WARNING, logger="medi2i.utils.precision"):
+        Predictor(loaded, precision="bf16")
+    assert not caplog.records
+
+
 def test_a_precision_the_device_cannot_run_is_refused(loaded):
     with pytest.raises(ValueError, match="fp16 needs a GPU"):
         Predictor(loaded, precision="fp16")
