@@ -336,6 +336,13 @@ def test_bf16_autocast_and_channels_last_run(dataset_root, tmp_path):
     assert all(np.isfinite(s["loss_G"]) and np.isfinite(s["loss_D"]) for s in steps)
 
 
+def test_fp16_training_on_the_cpu_is_refused_naming_the_key(dataset_root, tmp_path):
+    # the same precision check as predict's --precision, named by the training key
+    cfg = tiny_run_config(dataset_root, "train.amp=fp16", "train.device=cpu")
+    with pytest.raises(ValueError, match=r"train\.amp fp16 needs a GPU"):
+        train(cfg, out=str(tmp_path / "run"))
+
+
 @pytest.mark.slow
 def test_demo_end_to_end_short(tmp_path):
     """The README's main job in miniature: DRR benchmark -> demo config (G+R+D) -> test table."""

@@ -36,6 +36,7 @@ from medi2i.training.phases import Phase, active_epochs, plan_phases
 from medi2i.training.sampler import EpochSampler
 from medi2i.training.schedules import build_scheduler
 from medi2i.training.state import load_pretrained_generator
+from medi2i.utils.precision import check_precision
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,6 @@ __all__ = [
     "optional_split",
     "trainable_networks",
 ]
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 INTENSITY_PROFILE_IMAGES = 64
 """Training inputs (evenly spaced) the stored intensity profile is measured on."""
@@ -276,9 +275,7 @@ def build_networks(
             "s" if len(idle) == 1 else "",
             tc.epochs,
         )
-    amp_dtype = AMP_DTYPES.get(tc.amp)
-    if amp_dtype is not None and device.type == "cpu" and tc.amp == "fp16":
-        raise ValueError("train.amp 'fp16' needs CUDA; use 'bf16' or 'off' on the CPU")
+    amp_dtype = check_precision("fp32" if tc.amp == "off" else tc.amp, device, "train.amp")
     scaler = torch.amp.GradScaler(device.type, enabled=tc.amp == "fp16")
     perceptual = build_perceptual_loss(cfg.loss, input_range=(lo, hi), device=device)
     if ctx.distributed:

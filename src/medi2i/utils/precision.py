@@ -8,18 +8,18 @@ import logging
 
 import torch
 
-__all__ = ["INFERENCE_PRECISIONS", "autocast", "check_precision"]
+__all__ = ["PRECISIONS", "autocast", "check_precision"]
 
 log = logging.getLogger(__name__)
 
-INFERENCE_PRECISIONS: dict[str, torch.dtype | None] = {
+PRECISIONS: dict[str, torch.dtype | None] = {
     "fp32": None,
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
 }
-"""The precisions G can run in at inference: ``fp32`` (exact), or autocast to ``bf16`` /
-``fp16`` (convolutions and matrix products in the reduced type, normalisations and the
-output in float32)."""
+"""The precisions the networks run in: ``fp32`` (exact), or autocast to ``bf16`` / ``fp16``
+(convolutions and matrix products in the reduced type, normalisations, losses and G's output
+in float32). Training calls fp32 ``off`` (``train.amp``)."""
 
 
 def autocast(device_type: str, dtype: torch.dtype | None):
@@ -36,22 +36,28 @@ def _cpu_has_native_bf16() -> bool:
         return False
 
 
-def check_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast type of an inference precision on ``device``.
+def check_precision(
+    precision: str, device: torch.device, setting: str = "precision"
+) -> torch.dtype | None:
+    """The autocast type of a precision on ``device`` (``None`` for fp32).
+
+    Args:
+        precision: a key of :data:`PRECISIONS`.
+        device: where the networks run.
+        setting: the option's name in messages (``precision``, ``train.amp``).
 
     Raises:
         ValueError: an unknown precision, or ``fp16`` on the CPU (PyTorch's CPU kernels run
             half precision far slower than float32, and it gains nothing there).
     """
-    if precision not in INFERENCE_PRECISIONS:
-        raise ValueError(
-            f"precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {precision!r}"
-        )
+    if precision not in PRECISIONS:
+        raise ValueError(f"{setting} must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "fp16" and device.type == "cpu":
-        raise ValueError("precision fp16 needs a GPU; on the CPU use bf16 (or fp32)")
+        raise ValueError(f"{setting} fp16 needs a GPU; on the CPU use bf16 or full precision")
     if precision == "bf16" and device.type == "cpu" and not _cpu_has_native_bf16():
         log.warning(
-            "this CPU has no native bfloat16 instructions (AVX512-BF16 or AMX): bf16 runs "
-            "emulated, slower than fp32"
+            "%s bf16: this CPU has no native bfloat16 instructions (AVX512-BF16 or AMX), so "
+            "bf16 runs emulated, slower than fp32",
+            setting,
         )
-    return INFERENCE_PRECISIONS[precision]
+    return PRECISIONS[precision]
